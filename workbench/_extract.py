@@ -1,0 +1,346 @@
+"""Extraction: run a model over input records and write an activation store.
+
+The records are cut into shards of consecutive records by a token budget. The shard plan depends only on the
+inputs and options, so it is the same on every run and every rank:
+
+* resume: each shard is written to a temporary folder and renamed when complete; a run that finds
+  ``<out>.partial`` with the same plan skips the finished shards and ends with the same data;
+* scale-out: under ``torchrun`` rank ``r`` of ``N`` writes shards ``r, r+N, ...`` and rank 0 writes the manifest,
+  so a store is identical whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench._version import __version__
+from workbench.errors import StoreError, WorkbenchError
+from workbench.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardInfo, write_json_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.adapter import Adapter
+
+__all__ = ["extract", "plan_shards", "records_hash"]
+
+PLAN = "plan.json"
+
+
+def records_hash(records: Sequence[Any]) -> str:
+    """SHA-256 of the records' ids, sequences (or other content) and carried metadata, in order."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(json.dumps([rec.id, getattr(rec, "sequence", None), dict(getattr(rec, "meta", {}))], sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def plan_shards(sizes: Sequence[int], shard_tokens: int) -> list[ShardInfo]:
+    """Cut consecutive records into shards of about ``shard_tokens`` rows (a record is never split)."""
+    shards: list[ShardInfo] = []
+    start, tokens = 0, 0
+    for i, n in enumerate(sizes):
+        tokens += n
+        if tokens >= shard_tokens or i == len(sizes) - 1:
+            shards.append(ShardInfo(f"shard-{len(shards):05d}", tokens, i + 1 - start, start))
+            start, tokens = i + 1, 0
+    return shards
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    owned: bool = False
+
+    @classmethod
+    def setup(cls, device: str) -> _Dist:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        owned = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+            owned = True
+        return cls(dist.get_rank(), dist.get_world_size(), owned)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_ok(self, ok: bool) -> bool:
+        """True when every rank reports ``ok`` (so one rank's failure stops all of them cleanly)."""
+        if self.world_size == 1:
+            return ok
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([0 if ok else 1])
+        dist.all_reduce(flag)
+        return int(flag) == 0
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _default_shard_tokens(d_model: int, n_layers: int, itemsize: int) -> int:
+    # About 64 MiB of activations per shard across the requested layers, at least 1,024 tokens.
+    return max(1024, (64 << 20) // (d_model * n_layers * itemsize))
+
+
+def extract(
+    model: str | Adapter,
+    inputs: str | os.PathLike[str] | Sequence[Any],
+    *,
+    layers: Sequence[int],
+    out: str | os.PathLike[str],
+    dtype: str = "float16",
+    tokens_per_batch: int = 8192,
+    shard_tokens: int | None = None,
+    truncate: bool = False,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    read_options: dict[str, Any] | None = None,
+) -> ActivationStore:
+    """Extract per-token activations of ``layers`` and write a store at ``out``.
+
+    Parameters
+    ----------
+    model
+        A model card name (``antiberty``, ``sapiens-vh``, ``esm2_t6_8M_UR50D``...), a checkpoint path, or a loaded
+        adapter.
+    inputs
+        A file the model's domain can read (FASTA, UniProt, CSV/TSV...) or a list of records.
+    layers
+        Layer numbers, 0 = embeddings to ``n_layers`` = last block.
+    dtype
+        ``float16`` (default) or ``float32`` for the stored arrays.
+    tokens_per_batch
+        Padded-token budget of one forward pass; records are sorted by length within a shard to fill it.
+    shard_tokens
+        Rows per shard; defaults to about 64 MiB of activations per shard.
+    truncate
+        Cut sequences longer than the model's maximum instead of failing.
+    overwrite
+        Replace an existing store at ``out`` (only once the new one is complete).
+    read_options
+        Options of the domain reader (for tables: ``id_col``, ``seq_cols``, ``meta_cols``).
+
+    Run under ``torchrun --nproc-per-node N`` to split the shards across processes. Killed runs resume: calling
+    again with the same arguments continues from the last complete shard.
+    """
+    from workbench.registry import load_adapter
+
+    if dtype not in ("float16", "float32"):
+        raise WorkbenchError(f"dtype must be float16 or float32, not {dtype!r}")
+    if tokens_per_batch < 1:
+        raise WorkbenchError("tokens_per_batch must be positive")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} already exists (pass --overwrite to replace it)")
+    adapter = load_adapter(model, device=device) if isinstance(model, str) else model
+    layers = adapter.check_layers(layers)
+    if isinstance(inputs, (str, os.PathLike)):
+        records = adapter.read(str(inputs), truncate=truncate, **(read_options or {}))
+    else:
+        records = adapter.validate(list(inputs), truncate=truncate)  # type: ignore[attr-defined]
+
+    itemsize = np.dtype(dtype).itemsize
+    shard_tokens = shard_tokens or _default_shard_tokens(adapter.d_model, len(layers), itemsize)
+    sizes = [adapter.n_kept(r) for r in records]
+    shards = plan_shards(sizes, shard_tokens)
+    plan = {
+        "model": adapter.name,
+        "weights_sha256": adapter.weights_hash(),
+        "inputs_sha256": records_hash(records),
+        "layers": layers,
+        "dtype": dtype,
+        "shard_tokens": shard_tokens,
+        "n_shards": len(shards),
+    }
+
+    dist = _Dist.setup(device)
+    try:
+        work = out.with_name(out.name + ".partial")
+        if dist.rank == 0:
+            _prepare_workdir(work, plan)
+        dist.barrier()
+        if dist.rank != 0:
+            _prepare_workdir(work, plan)  # verifies the plan rank 0 wrote
+
+        mine = [i for i in range(len(shards)) if i % dist.world_size == dist.rank]
+        todo = [i for i in mine if not (work / "shards" / shards[i].name).is_dir()]
+        bar = _progress(sum(shards[i].n_tokens for i in todo), progress and dist.rank == 0, adapter.name)
+        t0 = time.perf_counter()
+        ok = True
+        try:
+            for i in todo:
+                _write_shard(adapter, records, shards[i], work / "shards", layers, dtype, tokens_per_batch, bar)
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            all_ok = dist.all_ok(ok)
+        if not all_ok:
+            raise WorkbenchError(f"extraction failed on another rank; run again to resume from {work}")
+        elapsed = time.perf_counter() - t0
+
+        if dist.rank == 0:
+            _finish(work, out, adapter, records, shards, plan, dtype, dist.world_size, elapsed, overwrite)
+        dist.barrier()
+    finally:
+        dist.close()
+    return ActivationStore(out)
+
+
+def _progress(total: int, enabled: bool, name: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tok", unit_scale=True, desc=f"extract {name}", dynamic_ncols=True)
+
+
+def _prepare_workdir(work: Path, plan: dict[str, Any]) -> None:
+    plan_file = work / PLAN
+    if plan_file.is_file():
+        existing = json.loads(plan_file.read_text())
+        if existing != plan:
+            diff = sorted(k for k in plan if existing.get(k) != plan[k])
+            raise StoreError(
+                f"{work} holds an unfinished extraction with different {', '.join(diff)}; delete it to start over"
+            )
+        return
+    (work / "shards").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_file, plan)
+
+
+def _write_shard(
+    adapter: Adapter,
+    records: Sequence[Any],
+    shard: ShardInfo,
+    shards_dir: Path,
+    layers: list[int],
+    dtype: str,
+    tokens_per_batch: int,
+    bar: Any,
+) -> None:
+    """Write one shard into a temporary folder, then rename it into place."""
+    import pandas as pd
+
+    recs = records[shard.first_sequence : shard.first_sequence + shard.n_sequences]
+    sizes = np.array([adapter.n_kept(r) for r in recs])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    tmp = shards_dir / f".{shard.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    arrays = {
+        layer: np.lib.format.open_memmap(tmp / f"layer_{layer}.npy", mode="w+", dtype=dtype, shape=(shard.n_tokens, adapter.d_model))
+        for layer in layers
+    }
+    obs_parts: list[tuple[int, pd.DataFrame]] = []
+    for batch in adapter.batches(recs, tokens_per_batch=tokens_per_batch):
+        acts = adapter.activations(batch, layers)
+        # Rows come batch-ordered; put each record's rows back at its offset in input order.
+        lengths = sizes[batch.index]
+        dest = np.concatenate([np.arange(offsets[j], offsets[j] + sizes[j]) for j in batch.index])
+        for layer, tensor in acts.layers.items():
+            values = tensor.float().cpu().numpy()
+            if not np.isfinite(values).all():
+                raise WorkbenchError(f"{adapter.name}: non-finite activations at layer {layer} in shard {shard.name}")
+            arrays[layer][dest] = values.astype(dtype, copy=False)
+        start = 0
+        for j, n in zip(batch.index, lengths):
+            obs_parts.append((int(j), acts.obs.iloc[start : start + n]))
+            start += n
+        if bar is not None:
+            bar.update(int(lengths.sum()))
+    for arr in arrays.values():
+        arr.flush()
+    del arrays
+    obs = pd.concat([part for _, part in sorted(obs_parts, key=lambda p: p[0])], ignore_index=True)
+    obs.to_parquet(tmp / "obs.parquet", index=False)
+    _fsync_dir(tmp)
+    os.replace(tmp, shards_dir / shard.name)
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.iterdir():
+        with open(child, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _finish(
+    work: Path,
+    out: Path,
+    adapter: Adapter,
+    records: Sequence[Any],
+    shards: list[ShardInfo],
+    plan: dict[str, Any],
+    dtype: str,
+    world_size: int,
+    elapsed: float,
+    overwrite: bool,
+) -> None:
+    import pandas as pd
+
+    missing = [s.name for s in shards if not (work / "shards" / s.name).is_dir()]
+    if missing:
+        raise StoreError(f"{work}: shards {missing[:3]} are missing; run again to resume")
+    rows = []
+    for k, shard in enumerate(shards):
+        offset = 0
+        for rec in records[shard.first_sequence : shard.first_sequence + shard.n_sequences]:
+            n = adapter.n_kept(rec)
+            rows.append({"sequence_id": rec.id, "shard": k, "offset": offset, "n_tokens": n, **dict(getattr(rec, "meta", {}))})
+            offset += n
+    seq_tmp = work / ".sequences.parquet.tmp"
+    pd.DataFrame(rows).to_parquet(seq_tmp, index=False)
+    os.replace(seq_tmp, work / "sequences.parquet")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "workbench_version": __version__,
+        "model": adapter.name,
+        "adapter": adapter.family,
+        "card": adapter.card.to_dict(),
+        "layers": plan["layers"],
+        "d_model": adapter.d_model,
+        "dtype": dtype,
+        "n_sequences": len(records),
+        "n_tokens": int(sum(s.n_tokens for s in shards)),
+        "inputs_sha256": plan["inputs_sha256"],
+        "weights_sha256": plan["weights_sha256"],
+        "shard_tokens": plan["shard_tokens"],
+        "shards": [s.__dict__ for s in shards],
+        "world_size": world_size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "extract_seconds_last_run": round(elapsed, 3),
+    }
+    write_json_atomic(work / MANIFEST, manifest)
+    (work / PLAN).unlink()
+    if out.exists() and overwrite:
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(work, out)

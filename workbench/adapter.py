@@ -1,0 +1,246 @@
+"""The adapter protocol: how a domain exposes a model to the domain-free core.
+
+An adapter wraps one loaded model. The core only needs four things from it:
+
+* :meth:`Adapter.batches` turns the domain's input records into :class:`Batch` objects under a token budget;
+* :meth:`Adapter.hook_point` names the module (and which side of it) that carries a layer's representation;
+* :meth:`Adapter.forward` runs the model on a batch and returns its output logits;
+* the card (:class:`~workbench.registry.ModelCard`) with ``n_layers``, ``d_model`` and ``max_length``.
+
+Capturing activations (:meth:`Adapter.activations`) and editing a layer (:meth:`Adapter.run_with_edit`) are
+implemented here once, with forward hooks that are always removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from workbench.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from workbench.registry import ModelCard
+
+__all__ = ["Adapter", "Batch", "HookPoint", "Activations", "EditFn"]
+
+EditFn = Callable[["torch.Tensor"], "torch.Tensor"]
+"""Maps the ``(n_tokens, d_model)`` representation of the kept tokens at a layer to a tensor of the same shape."""
+
+
+class HookPoint(NamedTuple):
+    """Where a layer's representation lives in the module tree."""
+
+    module: nn.Module
+    """The module whose input (``pre=True``) or output carries the representation."""
+    pre: bool = False
+    """Read the module's first positional input instead of its output."""
+    seq_first: bool = False
+    """The tensor is laid out ``(T, B, D)`` (fairseq / fair-esm) rather than ``(B, T, D)``."""
+
+
+@dataclass
+class Batch:
+    """A padded model input and the metadata of the tokens that are kept as rows of the store."""
+
+    index: list[int]
+    """Positions of this batch's records in the list passed to :meth:`Adapter.batches`."""
+    inputs: dict[str, torch.Tensor]
+    """Keyword arguments of the adapter's :meth:`Adapter.forward`."""
+    keep: torch.Tensor
+    """Boolean ``(B, T)`` mask of the tokens that become rows (special tokens and padding are dropped)."""
+    obs: pd.DataFrame
+    """One row per kept token, in row-major order of ``keep``."""
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.keep.sum())
+
+
+class Activations(NamedTuple):
+    """Output of :meth:`Adapter.activations`."""
+
+    layers: dict[int, torch.Tensor]
+    """Layer number to a ``(n_tokens, d_model)`` tensor, rows in the order of ``obs``."""
+    obs: pd.DataFrame
+    """One metadata row per kept token."""
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested layer has been captured, to skip the rest of the model."""
+
+
+class Adapter(ABC):
+    """A loaded model plus the knowledge of how to batch its inputs and where its layers are."""
+
+    family: ClassVar[str]
+    """Registry name of the adapter family (``esm2``, ``antiberty``...)."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, *, device: str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.card = card
+        self.device = device
+        self._weights_hash: str | None = None
+
+    # -- what a domain implements -------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def load(cls, card: ModelCard, *, source: str | None = None, device: str = "cpu") -> Adapter:
+        """Load the weights named by ``card`` (or the explicit ``source`` path) with the model's real loading code."""
+
+    @abstractmethod
+    def read(self, path: str, *, truncate: bool = False, **options: Any) -> list[Any]:
+        """Read and validate input records from a file, with this model's alphabet and length limit."""
+
+    @abstractmethod
+    def validate(self, records: Sequence[Any], *, truncate: bool = False) -> list[Any]:
+        """Check in-memory records against the model (alphabet, length...) and return them as a list."""
+
+    @abstractmethod
+    def batches(self, records: Sequence[Any], *, tokens_per_batch: int) -> Iterator[Batch]:
+        """Yield batches sorted by length, each holding at most ``tokens_per_batch`` padded tokens."""
+
+    @abstractmethod
+    def n_kept(self, record: Any) -> int:
+        """Number of store rows a record produces."""
+
+    @abstractmethod
+    def hook_point(self, layer: int) -> HookPoint:
+        """Where the representation of ``layer`` (0 = embeddings, ``n_layers`` = last block) is read and edited."""
+
+    @abstractmethod
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Run the full model and return its output logits ``(B, T, V)``."""
+
+    # -- shared behaviour --------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def n_layers(self) -> int:
+        return self.card.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.card.d_model
+
+    def layers(self) -> list[int]:
+        """Layer numbers that can be captured: 0 (embeddings) to ``n_layers``."""
+        return list(range(self.n_layers + 1))
+
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        """Return the layers sorted and de-duplicated, or raise :class:`ModelError` naming the bad one."""
+        valid = set(self.layers())
+        for layer in layers:
+            if layer not in valid:
+                raise ModelError(f"model {self.name!r} has no layer {layer} (layers are 0..{self.n_layers})")
+        if not layers:
+            raise ModelError("no layers requested")
+        return sorted(set(layers))
+
+    def weights_hash(self) -> str:
+        """SHA-256 over the model's parameters and buffers (names, shapes and bytes), computed once."""
+        if self._weights_hash is None:
+            import torch
+
+            h = hashlib.sha256()
+            for key, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._weights_hash = h.hexdigest()
+        return self._weights_hash
+
+    def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.inputs.items()}
+
+    def activations(self, batch: Batch, layers: Sequence[int]) -> Activations:
+        """Representations of ``layers`` for the kept tokens of ``batch``.
+
+        The forward pass stops right after the deepest requested layer, so nothing downstream (later blocks, the
+        language-model head) is computed.
+        """
+        import torch
+
+        layers = self.check_layers(layers)
+        keep = batch.keep.to(self.device)
+        captured: dict[int, torch.Tensor] = {}
+        deepest = layers[-1]
+
+        def make_hook(layer: int, point: HookPoint) -> Callable[..., None]:
+            def grab(tensor: torch.Tensor) -> None:
+                t = tensor.transpose(0, 1) if point.seq_first else tensor
+                captured[layer] = t[keep]
+                if layer == deepest:
+                    raise _StopForward
+
+            if point.pre:
+                return lambda module, args: grab(args[0])
+            return lambda module, args, output: grab(output[0] if isinstance(output, tuple) else output)
+
+        with torch.no_grad(), self._hooks({layer: make_hook(layer, self.hook_point(layer)) for layer in layers}):
+            try:
+                self.forward(**self._to_device(batch))
+            except _StopForward:
+                pass
+        missing = [layer for layer in layers if layer not in captured]
+        if missing:  # pragma: no cover - a hook point the forward never reached is an adapter bug
+            raise ModelError(f"{self.name}: layers {missing} were not reached in the forward pass")
+        return Activations(captured, batch.obs)
+
+    def run_with_edit(self, batch: Batch, layer: int, fn: EditFn | None = None) -> torch.Tensor:
+        """Run the whole model with ``fn`` applied to the kept tokens' representation at ``layer``.
+
+        ``fn`` receives the ``(n_kept, d_model)`` representation and returns its replacement (an SAE
+        reconstruction, a zero or mean ablation, a feature steered up or down). Special tokens and padding are
+        left untouched. With ``fn=None`` this is the clean run. Returns the output logits ``(B, T, V)``.
+        """
+        import torch
+
+        self.check_layers([layer])
+        point = self.hook_point(layer)
+        keep = batch.keep.to(self.device)
+
+        def edit(tensor: torch.Tensor) -> torch.Tensor:
+            t = tensor.transpose(0, 1) if point.seq_first else tensor
+            t = t.clone()
+            new = fn(t[keep])  # type: ignore[misc]
+            if new.shape != (int(keep.sum()), t.shape[-1]):
+                raise ValueError(f"edit function returned shape {tuple(new.shape)}, expected {(int(keep.sum()), t.shape[-1])}")
+            t[keep] = new.to(t.dtype)
+            return t.transpose(0, 1) if point.seq_first else t
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any = None) -> Any:
+            if point.pre:
+                return (edit(args[0]), *args[1:])
+            if isinstance(output, tuple):
+                return (edit(output[0]), *output[1:])
+            return edit(output)
+
+        hooks = {} if fn is None else {layer: hook}
+        with torch.no_grad(), self._hooks(hooks):
+            return self.forward(**self._to_device(batch))
+
+    @contextmanager
+    def _hooks(self, hooks: dict[int, Callable[..., Any]]) -> Iterator[None]:
+        handles = []
+        try:
+            for layer, fn in hooks.items():
+                point = self.hook_point(layer)
+                if point.pre:
+                    handles.append(point.module.register_forward_pre_hook(fn))
+                else:
+                    handles.append(point.module.register_forward_hook(fn))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+

@@ -1,0 +1,154 @@
+"""Model cards and the adapter registry.
+
+Domains plug in through two entry-point groups declared in their package metadata, so the core never imports a
+domain until a model of that domain is asked for:
+
+* ``workbench.adapters``: ``family = "package.module:AdapterClass"``;
+* ``workbench.model_cards``: ``name = "package"``, a package whose folder holds ``*.yaml`` model cards.
+
+A card may list ``variants`` (a family of checkpoints named by a pattern, as fair-esm names ESM-2); each
+variant becomes a card of its own, inheriting every field it does not set.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, fields
+from importlib import metadata, resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.adapter import Adapter
+
+__all__ = ["ModelCard", "list_models", "get_card", "adapter_class", "load_adapter", "register_adapter"]
+
+ADAPTER_GROUP = "workbench.adapters"
+CARD_GROUP = "workbench.model_cards"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the workbench knows about a model before loading it."""
+
+    name: str
+    """Name users pass to ``--model``."""
+    adapter: str
+    """Adapter family that loads it (an entry point in ``workbench.adapters``)."""
+    n_layers: int
+    """Number of transformer blocks; layers are numbered 0 (embeddings) to ``n_layers``."""
+    d_model: int
+    """Width of the residual stream."""
+    max_length: int | None = None
+    """Longest input the model takes, in residues (special tokens excluded)."""
+    weights: str = ""
+    """Where the weights come from (a package file, a hub name, a local path)."""
+    description: str = ""
+    license: str = ""
+    citation: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Adapter-specific settings (checkpoint file name, tokenizer details...)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"model card {data.get('name')!r} has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_EXTRA_ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(family: str, cls: type[Adapter]) -> None:
+    """Register an adapter class at run time (tests, notebooks); installed domains use entry points instead."""
+    _EXTRA_ADAPTERS[family] = cls
+
+
+def _parse_cards(path: Path) -> list[ModelCard]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    variants = data.pop("variants", None) or {}
+    if not variants:
+        return [ModelCard.from_dict(data)]
+    cards = []
+    for name, extra in variants.items():
+        merged = {**data, **(extra or {}), "name": name}
+        merged["options"] = {**data.get("options", {}), **(extra or {}).get("options", {})}
+        cards.append(ModelCard.from_dict(merged))
+    return cards
+
+
+@functools.cache
+def _cards() -> dict[str, ModelCard]:
+    cards: dict[str, ModelCard] = {}
+    for ep in metadata.entry_points(group=CARD_GROUP):
+        folder = resources.files(ep.value)
+        for item in sorted(folder.iterdir(), key=lambda p: p.name):
+            if item.name.endswith((".yaml", ".yml")):
+                with resources.as_file(item) as path:
+                    for card in _parse_cards(Path(path)):
+                        cards[card.name] = card
+    return cards
+
+
+def list_models() -> list[ModelCard]:
+    """Every model card the installed domains provide."""
+    return sorted(_cards().values(), key=lambda c: c.name)
+
+
+def get_card(name: str) -> ModelCard:
+    """The card called ``name``, or :class:`ModelError` listing the known names."""
+    try:
+        return _cards()[name]
+    except KeyError:
+        known = ", ".join(sorted(_cards())) or "none installed"
+        raise ModelError(f"unknown model {name!r}; known models: {known} (or pass a checkpoint path)") from None
+
+
+def adapter_class(family: str) -> type[Adapter]:
+    """The adapter class registered for ``family`` (imported on first use)."""
+    if family in _EXTRA_ADAPTERS:
+        return _EXTRA_ADAPTERS[family]
+    for ep in metadata.entry_points(group=ADAPTER_GROUP):
+        if ep.name == family:
+            return ep.load()  # type: ignore[no-any-return]
+    raise ModelError(f"no adapter registered for model family {family!r}")
+
+
+def _all_adapter_classes() -> list[type[Adapter]]:
+    classes = [ep.load() for ep in metadata.entry_points(group=ADAPTER_GROUP)]
+    return classes + list(_EXTRA_ADAPTERS.values())
+
+
+def load_adapter(model: str, *, device: str = "cpu") -> Adapter:
+    """Load a model by card name or by a local checkpoint path.
+
+    A path is offered to every registered adapter family's ``card_for_path``; the first that recognises it wins.
+    """
+    if model in _cards():
+        card = _cards()[model]
+        return adapter_class(card.adapter).load(card, device=device)
+    path = Path(model)
+    if path.exists():
+        for cls in _all_adapter_classes():
+            card_for_path = getattr(cls, "card_for_path", None)
+            card = card_for_path(path) if card_for_path else None
+            if card is not None:
+                return cls.load(card, source=str(path), device=device)
+        raise ModelError(f"{model}: no adapter recognises this checkpoint")
+    # Not a card and not a file: let a family claim a name pattern (ESM-2 hub names download where reachable).
+    for cls in _all_adapter_classes():
+        card_for_name = getattr(cls, "card_for_name", None)
+        card = card_for_name(model) if card_for_name else None
+        if card is not None:
+            return cls.load(card, device=device)
+    get_card(model)  # raises with the list of known models
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,233 @@
+"""The activation store: sharded arrays on disk that every later stage streams from.
+
+Layout of a store folder::
+
+    manifest.json                 model, layers, d_model, counts, dtype, hashes, version, shard list
+    sequences.parquet             one row per input record: sequence_id, shard, offset, n_tokens, carried columns
+    shards/shard-00000/
+        layer_4.npy               (n_tokens, d_model) activations, float16 or float32, read by memory map
+        obs.parquet               one row per token: sequence_id, position, residue, carried columns
+
+A store is complete exactly when ``manifest.json`` exists; the extraction writes into ``<out>.partial`` and
+renames it at the end. Readers memory-map the shard arrays, so memory stays bounded by the shards in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import StoreError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+
+__all__ = ["ActivationStore", "ShardInfo", "open_store", "write_json_atomic", "MANIFEST", "FORMAT_VERSION"]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary name in the same folder, fsync, and rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a store: a contiguous run of input records."""
+
+    name: str
+    n_tokens: int
+    n_sequences: int
+    first_sequence: int
+    """Index of the shard's first record in the store's sequence order."""
+
+
+class ActivationStore:
+    """Read access to a finished activation store (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            partial = self.path.with_name(self.path.name + ".partial")
+            hint = f" (an unfinished extraction is in {partial}; run the same command again to resume)" if partial.exists() else ""
+            raise StoreError(f"{self.path}: not an activation store, no {MANIFEST}{hint}")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{manifest}: corrupt manifest ({exc})") from exc
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {self.manifest.get('format_version')} is not {FORMAT_VERSION}")
+        self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"ActivationStore({str(self.path)!r}, model={m['model']!r}, layers={m['layers']}, "
+            f"n_sequences={m['n_sequences']}, n_tokens={m['n_tokens']}, d_model={m['d_model']}, dtype={m['dtype']!r})"
+        )
+
+    # -- manifest shortcuts -----------------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.manifest["n_sequences"])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.manifest["dtype"])
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.layers:
+            raise StoreError(f"{self.path}: layer {layer} was not extracted (store has layers {self.layers})")
+
+    # -- per shard ------------------------------------------------------------------------------------------
+    def shard_dir(self, i: int) -> Path:
+        return self.path / "shards" / self.shards[i].name
+
+    def shard_activations(self, i: int, layer: int) -> np.ndarray:
+        """Memory-mapped ``(n_tokens, d_model)`` array of shard ``i`` at ``layer`` (read-only, nothing loaded)."""
+        self._check_layer(layer)
+        path = self.shard_dir(i) / f"layer_{layer}.npy"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable shard ({exc})") from exc
+        if arr.shape != (self.shards[i].n_tokens, self.d_model):
+            raise StoreError(f"{path}: shape {arr.shape}, manifest says {(self.shards[i].n_tokens, self.d_model)}")
+        return arr
+
+    def shard_obs(self, i: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Token metadata of shard ``i``."""
+        import pandas as pd
+
+        return pd.read_parquet(self.shard_dir(i) / "obs.parquet", columns=list(columns) if columns else None)
+
+    # -- whole-store tables (small: metadata only) -------------------------------------------------------------
+    @cached_property
+    def sequences(self) -> pd.DataFrame:
+        """One row per record: ``sequence_id``, ``shard``, ``offset`` (first row in the shard), ``n_tokens``, carried columns."""
+        import pandas as pd
+
+        return pd.read_parquet(self.path / "sequences.parquet")
+
+    def obs(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Token metadata of the whole store, in store order (row ``i`` is token ``i`` of :meth:`iter_tokens`)."""
+        import pandas as pd
+
+        frames = [self.shard_obs(i, columns) for i in range(len(self.shards))]
+        return pd.concat(frames, ignore_index=True)
+
+    # -- streaming ------------------------------------------------------------------------------------------
+    def iter_batches(
+        self,
+        layer: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_shards: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        as_torch: bool = True,
+        dtype: str = "float32",
+    ) -> Iterator[torch.Tensor | np.ndarray]:
+        """Stream ``(batch_size, d_model)`` token batches of ``layer``.
+
+        With ``shuffle``, shards are visited in a seeded random order and tokens are shuffled within a buffer of
+        ``buffer_shards`` shards, so memory stays bounded by that buffer whatever the store's size. ``rank`` and
+        ``world_size`` give each distributed worker a disjoint set of shards.
+        """
+        self._check_layer(layer)
+        if batch_size < 1:
+            raise StoreError("batch_size must be at least 1")
+        rng = np.random.default_rng(seed)
+        order = np.arange(len(self.shards))
+        if shuffle:
+            rng.shuffle(order)
+        order = order[rank::world_size]
+        leftover = np.empty((0, self.d_model), dtype=dtype)
+        for start in range(0, len(order), max(1, buffer_shards)):
+            chunk = [np.asarray(self.shard_activations(int(i), layer), dtype=dtype) for i in order[start : start + buffer_shards]]
+            buf = np.concatenate([leftover, *chunk])
+            if shuffle:
+                buf = buf[rng.permutation(len(buf))]
+            n_full = len(buf) // batch_size * batch_size
+            for j in range(0, n_full, batch_size):
+                yield self._out(buf[j : j + batch_size], as_torch)
+            leftover = buf[n_full:]
+        if len(leftover) and not drop_last:
+            yield self._out(leftover, as_torch)
+
+    @staticmethod
+    def _out(arr: np.ndarray, as_torch: bool) -> torch.Tensor | np.ndarray:
+        if not as_torch:
+            return arr
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def iter_sequences(self, layer: int, *, dtype: str = "float32") -> Iterator[tuple[str, pd.DataFrame, np.ndarray]]:
+        """Yield ``(sequence_id, token_obs, activations)`` per record in store order, one shard in memory at a time."""
+        self._check_layer(layer)
+        seqs = self.sequences
+        for i in range(len(self.shards)):
+            acts = np.asarray(self.shard_activations(i, layer), dtype=dtype)
+            obs = self.shard_obs(i)
+            for row in seqs[seqs["shard"] == i].itertuples(index=False):
+                sl = slice(int(row.offset), int(row.offset) + int(row.n_tokens))
+                yield str(row.sequence_id), obs.iloc[sl].reset_index(drop=True), acts[sl]
+
+    def get_sequence(self, sequence_id: str, layer: int, *, dtype: str = "float32") -> np.ndarray:
+        """Activations of one record at ``layer``, ``(length, d_model)``."""
+        seqs = self.sequences
+        hit = seqs.index[seqs["sequence_id"] == sequence_id]
+        if len(hit) == 0:
+            raise StoreError(f"{self.path}: no sequence {sequence_id!r}")
+        row = seqs.loc[hit[0]]
+        acts = self.shard_activations(int(row["shard"]), layer)
+        return np.asarray(acts[int(row["offset"]) : int(row["offset"]) + int(row["n_tokens"])], dtype=dtype)
+
+    def check(self) -> None:
+        """Verify every shard's shapes against the manifest and that no value is NaN or infinite."""
+        for i in range(len(self.shards)):
+            for layer in self.layers:
+                arr = self.shard_activations(i, layer)
+                if not np.isfinite(arr).all():
+                    raise StoreError(f"{self.shard_dir(i)}: layer {layer} holds NaN or infinite values")
+
+
+def open_store(path: str | os.PathLike[str]) -> ActivationStore:
+    """Open a finished activation store for reading."""
+    return ActivationStore(path)
