@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["extract", "plan_shards", "records_hash"]
 
 PLAN = "plan.json"
+_OK, _FAILED, _INVALID = 0, 1, 2  # shard-loop outcomes: done; interrupted (resumable); bad input or model (not)
 
 
 def records_hash(records: Sequence[Any]) -> str:
@@ -80,16 +81,16 @@ class _Dist:
 
             dist.barrier()
 
-    def all_ok(self, ok: bool) -> bool:
-        """True when every rank reports ``ok`` (so one rank's failure stops all of them cleanly)."""
+    def worst(self, status: int) -> int:
+        """The largest status over all ranks, so one rank's failure stops all of them cleanly."""
         if self.world_size == 1:
-            return ok
+            return status
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([0 if ok else 1])
-        dist.all_reduce(flag)
-        return int(flag) == 0
+        flag = torch.tensor([status])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
 
     def close(self) -> None:
         if self.owned:
@@ -188,19 +189,22 @@ def extract(
         todo = [i for i in mine if not (work / "shards" / shards[i].name).is_dir()]
         bar = _progress(sum(shards[i].n_tokens for i in todo), progress and dist.rank == 0, adapter.name)
         t0 = time.perf_counter()
-        ok = True
+        status = _FAILED  # until the loop completes
         try:
             for i in todo:
                 _write_shard(adapter, records, shards[i], work / "shards", layers, dtype, tokens_per_batch, bar)
-        except BaseException:
-            ok = False
+            status = _OK
+        except WorkbenchError:
+            status = _INVALID
             raise
         finally:
             if bar is not None:
                 bar.close()
-            all_ok = dist.all_ok(ok)
-        if not all_ok:
-            raise WorkbenchError(f"extraction failed on another rank; run again to resume from {work}")
+            worst = dist.worst(status)
+            if worst == _INVALID and dist.rank == 0:
+                shutil.rmtree(work, ignore_errors=True)  # bad data or model: resuming cannot help
+        if worst != _OK:
+            raise WorkbenchError(f"extraction failed on another rank; see its error (progress kept in {work})")
         elapsed = time.perf_counter() - t0
 
         if dist.rank == 0:

@@ -1,4 +1,4 @@
-"""Command line: ``workbench extract | models | info``; thin wrappers over the Python API.
+"""Command line: ``workbench extract | models | info | demo``; thin wrappers over the Python API.
 
 Problems with the user's input end with one line on stderr (``workbench: error: ...``) and exit status 2;
 nothing is left behind at the output path.
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--id-col", help="table column with record ids")
     ex.add_argument("--seq-col", action="append", help="table sequence column; COL:chain once per chain column")
     ex.add_argument("--meta-cols", help="comma-separated table columns to carry onto tokens, or 'all'")
+    ex.add_argument("--skip-missing", action="store_true", help="leave out table rows with no sequence")
     ex.add_argument("--format", help="input format when the extension does not say (fasta, swiss, uniprot-xml, table)")
     ex.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     ex.add_argument("--tokens-per-batch", type=int, default=8192, help="padded tokens per forward pass")
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list the model cards")
+
+    demo = sub.add_parser("demo", help="run a domain's demo on the bundled real data")
+    demo.add_argument("--domain", default="sequence", help="domain whose demo to run (default: sequence)")
+    demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
+    demo.add_argument("--no-progress", action="store_true")
 
     info = sub.add_parser("info", help="print a store's manifest summary")
     info.add_argument("store")
@@ -72,6 +78,14 @@ def _run(args: argparse.Namespace) -> int:
 
         for card in list_models():
             print(f"{card.name:24s} {card.adapter:10s} layers 0..{card.n_layers:<3d} d_model {card.d_model:<5d} max {card.max_length}")
+        return 0
+    if args.command == "demo":
+        from importlib.metadata import entry_points
+
+        demos = {ep.name: ep for ep in entry_points(group="workbench.demos")}
+        if args.domain not in demos:
+            raise WorkbenchError(f"no demo for domain {args.domain!r} (available: {', '.join(sorted(demos))})")
+        demos[args.domain].load()(args.out, progress=not args.no_progress)
         return 0
     if args.command == "info":
         from workbench.store import open_store
@@ -91,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         read_options["id_col"] = args.id_col
     if args.seq_col:
         read_options["seq_cols"] = _seq_cols(args.seq_col)
+    if args.skip_missing:
+        read_options["skip_missing"] = True
     if args.meta_cols:
         read_options["meta_cols"] = "all" if args.meta_cols == "all" else args.meta_cols.split(",")
     store = extract(

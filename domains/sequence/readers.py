@@ -38,7 +38,7 @@ _EXTENSIONS: dict[str, str] = {
     ".xml": "uniprot-xml",
     **dict.fromkeys((".csv", ".tsv", ".tab"), "table"),
 }
-_TABLE_OPTIONS = ("id_col", "seq_cols", "meta_cols", "sep")
+_TABLE_OPTIONS = ("id_col", "seq_cols", "meta_cols", "sep", "skip_missing")
 _TAB_EXTENSIONS = (".tsv", ".tab")
 # Cell values that mean "no value" in addition to pandas' defaults ('', 'NA', 'NaN', 'None', 'null', ...);
 # Thera-SAbDab writes 'na' for an absent chain.
@@ -230,13 +230,14 @@ def read_table(
     seq_cols: str | Mapping[str, str],
     meta_cols: Sequence[str] | Literal["all"] = (),
     sep: str | None = None,
+    skip_missing: bool = False,
 ) -> list[SequenceRecord]:
     """Read a CSV/TSV table with pandas.
 
     ``seq_cols`` is one column name (one record per row, id = the row's ``id_col`` value) or a mapping
     ``{column: chain_label}`` (one record per row and non-empty chain, id = ``"<row id>|<chain_label>"``,
     ``meta['chain'] = chain_label``); empty, NaN or ``na`` chain cells are skipped but a row with no sequence at
-    all is an error. ``meta_cols`` lists columns copied into ``meta`` (``"all"``: every column that is neither
+    all is an error unless ``skip_missing`` (then it is left out). ``meta_cols`` lists columns copied into ``meta`` (``"all"``: every column that is neither
     the id nor a sequence column); empty cells become None. Ids are read as text. ``sep`` defaults to tab for
     .tsv/.tab, comma for .csv, else it is sniffed.
     Rows in which every cell is empty are ignored.
@@ -287,7 +288,7 @@ def read_table(
             for col, label in chains.items()
             if not _is_missing(row[col])
         ]
-        if not row_records:
+        if not row_records and not skip_missing:
             raise InputError(f"{p}: row {row_id!r} has no sequence in column(s) {', '.join(map(repr, chains))}")
         records.extend(row_records)
     if not records:
