@@ -77,3 +77,20 @@ def test_antiberty_matches_its_own_embed(oas) -> None:  # type: ignore[no-untype
 
 def test_antiberty_recovers_masked_residues(oas) -> None:  # type: ignore[no-untyped-def]
     assert masked_recovery(load_adapter("antiberty"), oas[:40]) > 0.6
+
+
+def test_sapiens_vh_store_of_all_oas_heavy_chains_has_one_row_per_residue(oas, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import workbench
+
+    store = workbench.extract(
+        "sapiens-vh", bundled("oas_human_igg_memory_b_vh"), layers=[2], out=tmp_path / "oas_vh", progress=False,
+        read_options={"id_col": "seq_id", "seq_cols": "sequence_alignment_aa", "meta_cols": ["v_family"]},
+    )
+    assert store.n_sequences == len(oas) == 1999
+    assert store.n_tokens == sum(len(r) for r in oas)
+    obs = store.obs(["sequence_id", "position", "residue", "v_family"])
+    assert len(obs) == store.n_tokens
+    assert "".join(obs["residue"]) == "".join(r.sequence for r in oas)
+    assert obs.groupby("sequence_id", sort=False)["position"].max().tolist() == [len(r) for r in oas]
+    assert set(obs["v_family"]) <= {f"IGHV{i}" for i in range(1, 8)}
+    store.check()  # shapes match the manifest, no NaN
