@@ -17,12 +17,12 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench._dist import Dist
 from workbench._version import __version__
 from workbench.errors import StoreError, WorkbenchError
 from workbench.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardInfo, write_json_atomic
@@ -57,48 +57,6 @@ def plan_shards(sizes: Sequence[int], shard_tokens: int) -> list[ShardInfo]:
     return shards
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    owned: bool = False
-
-    @classmethod
-    def setup(cls, device: str) -> _Dist:
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        owned = False
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-            owned = True
-        return cls(dist.get_rank(), dist.get_world_size(), owned)
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def worst(self, status: int) -> int:
-        """The largest status over all ranks, so one rank's failure stops all of them cleanly."""
-        if self.world_size == 1:
-            return status
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([status])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag)
-
-    def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 def _default_shard_tokens(d_model: int, n_layers: int, itemsize: int) -> int:
     # About 64 MiB of activations per shard across the requested layers, at least 1,024 tokens.
     return max(1024, (64 << 20) // (d_model * n_layers * itemsize))
@@ -118,6 +76,7 @@ def extract(
     device: str = "cpu",
     progress: bool = True,
     read_options: dict[str, Any] | None = None,
+    random_weights: int | None = None,
 ) -> ActivationStore:
     """Extract per-token activations of ``layers`` and write a store at ``out``.
 
@@ -142,6 +101,9 @@ def extract(
         Replace an existing store at ``out`` (only once the new one is complete).
     read_options
         Options of the domain reader (for tables: ``id_col``, ``seq_cols``, ``meta_cols``).
+    random_weights
+        Control: re-initialise the model's weights with this seed before extracting (see
+        :meth:`~workbench.adapter.Adapter.randomized`); the manifest records it so later stages rebuild the same model.
 
     Run under ``torchrun --nproc-per-node N`` to split the shards across processes. Killed runs resume: calling
     again with the same arguments continues from the last complete shard.
@@ -156,6 +118,9 @@ def extract(
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists (pass --overwrite to replace it)")
     adapter = load_adapter(model, device=device) if isinstance(model, str) else model
+    source = adapter.source
+    if random_weights is not None:
+        adapter = adapter.randomized(random_weights)
     layers = adapter.check_layers(layers)
     if isinstance(inputs, (str, os.PathLike)):
         records = adapter.read(str(inputs), truncate=truncate, **(read_options or {}))
@@ -176,7 +141,7 @@ def extract(
         "n_shards": len(shards),
     }
 
-    dist = _Dist.setup(device)
+    dist = Dist.setup(device)
     try:
         work = out.with_name(out.name + ".partial")
         if dist.rank == 0:
@@ -208,7 +173,8 @@ def extract(
         elapsed = time.perf_counter() - t0
 
         if dist.rank == 0:
-            _finish(work, out, adapter, records, shards, plan, dtype, dist.world_size, elapsed, overwrite)
+            control = {"random_weights_seed": random_weights} if random_weights is not None else None
+            _finish(work, out, adapter, records, shards, plan, dtype, dist.world_size, elapsed, overwrite, source, control)
         dist.barrier()
     finally:
         dist.close()
@@ -304,6 +270,8 @@ def _finish(
     world_size: int,
     elapsed: float,
     overwrite: bool,
+    source: str,
+    control: dict[str, Any] | None,
 ) -> None:
     import pandas as pd
 
@@ -324,6 +292,8 @@ def _finish(
         "format_version": FORMAT_VERSION,
         "workbench_version": __version__,
         "model": adapter.name,
+        "model_source": source,
+        "control": control,
         "adapter": adapter.family,
         "card": adapter.card.to_dict(),
         "layers": plan["layers"],

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from workbench.errors import ModelError
@@ -87,6 +88,8 @@ class Adapter(ABC):
         self.model = model.eval().to(device)
         self.card = card
         self.device = device
+        self.source = card.weights if card.weights and Path(card.weights).exists() else card.name
+        """What :func:`~workbench.registry.load_adapter` needs to load this model again."""
         self._weights_hash: str | None = None
 
     # -- what a domain implements -------------------------------------------------------------------------------
@@ -161,6 +164,47 @@ class Adapter(ABC):
 
     def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in batch.inputs.items()}
+
+    # -- optional: what the fidelity metrics need ----------------------------------------------------------------
+    def lm_loss(self, batch: Batch, *, layer: int, edit: EditFn | None = None, seed: int = 0) -> tuple[float, int]:
+        """The model's own training loss on ``batch`` with ``edit`` applied at ``layer``: ``(sum, count)``.
+
+        Sequence models return the masked-LM cross-entropy summed over masked residues; the masking depends only
+        on ``seed``, so clean and edited runs are compared on the same positions.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define a model loss")
+
+    def records_from_store(self, store: Any, ids: Sequence[str]) -> list[Any]:
+        """Rebuild the input records of ``ids`` from a store's token metadata."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rebuild inputs from a store")
+
+    def randomized(self, seed: int) -> Adapter:
+        """A copy of this adapter whose model has freshly initialised weights (the random-weight control).
+
+        Every module's own ``reset_parameters`` re-draws its weights; parameters of modules without one are drawn
+        from N(0, 0.02), as transformer initialisers do.
+        """
+        import copy
+        from dataclasses import replace
+
+        import torch
+
+        clone = copy.copy(self)
+        clone.model = copy.deepcopy(self.model)
+        clone._weights_hash = None
+        clone.card = replace(self.card, name=f"{self.card.name}:random-init-{seed}")
+        torch.manual_seed(seed)
+        covered: set[int] = set()
+        with torch.no_grad():
+            for module in clone.model.modules():
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+                    covered.update(id(p) for p in module.parameters(recurse=False))
+            for p in clone.model.parameters():
+                if id(p) not in covered:
+                    p.normal_(0.0, 0.02)
+        return clone
 
     def activations(self, batch: Batch, layers: Sequence[int]) -> Activations:
         """Representations of ``layers`` for the kept tokens of ``batch``.

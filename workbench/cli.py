@@ -1,4 +1,4 @@
-"""Command line: ``workbench extract | models | info | demo``; thin wrappers over the Python API.
+"""Command line: ``workbench extract | train | sweep | models | info | demo``; thin wrappers over the Python API.
 
 Problems with the user's input end with one line on stderr (``workbench: error: ...``) and exit status 2;
 nothing is left behind at the output path.
@@ -38,6 +38,45 @@ def _seq_cols(values: list[str] | None) -> str | dict[str, str] | None:
     return out
 
 
+def _sae_arguments(p: argparse.ArgumentParser) -> None:
+    from workbench.sae._config import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--store", required=True, help="activation store folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--layer", type=int, help="layer to train on (needed when the store has several)")
+    p.add_argument("--n-tokens", type=int, default=d.n_tokens, help="training tokens")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tokens per step (all ranks together)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--aux-k", type=int, default=d.aux_k, help="dead latents used by the AuxK loss (0: off)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction, help="sequences held out for metrics")
+    p.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
+    p.add_argument("--loss-recovered-sequences", type=int, default=d.loss_recovered_sequences, help="0 skips loss recovered")
+    p.add_argument("--no-normalize", action="store_true", help="train on raw (uncentred, unscaled) activations")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from workbench.sae._config import TrainConfig
+
+    return TrainConfig(
+        n_tokens=args.n_tokens, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, aux_k=args.aux_k,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, holdout_fraction=args.holdout_fraction,
+        eval_tokens=args.eval_tokens, loss_recovered_sequences=args.loss_recovered_sequences,
+    )
+
+
+def _csv(text: str, kind: type) -> list[Any]:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise WorkbenchError(f"expected comma-separated {kind.__name__} values, not {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Microscope-AI workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,10 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--shard-tokens", type=int, help="tokens per shard (default: about 64 MiB per shard)")
     ex.add_argument("--truncate", action="store_true", help="cut sequences longer than the model's maximum")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ex.add_argument("--random-weights", type=int, metavar="SEED", help="control: re-initialise the model's weights with SEED")
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("models", help="list the model cards")
+
+    tr = sub.add_parser("train", help="train a sparse autoencoder on an activation store")
+    _sae_arguments(tr)
+    tr.add_argument("--arch", default="topk", help="relu, topk, batchtopk, jumprelu or matryoshka")
+    tr.add_argument("--k", type=int, default=32, help="active latents per token (TopK family)")
+    tr.add_argument("--width", type=int, default=4096, help="number of latents")
+    tr.add_argument("--l1-coeff", type=float, help="sparsity coefficient (relu: L1, jumprelu: L0)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing SAE folder")
+
+    sw = sub.add_parser("sweep", help="train one SAE per combination and write sweep.csv (FVE, L0, dead, loss recovered)")
+    _sae_arguments(sw)
+    sw.add_argument("--arch", default="topk", help="comma-separated architectures")
+    sw.add_argument("--k", default="32", help="comma-separated k values")
+    sw.add_argument("--width", default="4096", help="comma-separated widths")
+    sw.add_argument("--l1-coeff", help="comma-separated sparsity coefficients (relu, jumprelu)")
 
     demo = sub.add_parser("demo", help="run a domain's demo on the bundled real data")
     demo.add_argument("--domain", default="sequence", help="domain whose demo to run (default: sequence)")
@@ -86,6 +141,29 @@ def _run(args: argparse.Namespace) -> int:
         if args.domain not in demos:
             raise WorkbenchError(f"no demo for domain {args.domain!r} (available: {', '.join(sorted(demos))})")
         demos[args.domain].load()(args.out, progress=not args.no_progress)
+        return 0
+    if args.command == "train":
+        from workbench.sae import train_sae
+
+        result = train_sae(
+            args.store, out=args.out, layer=args.layer, arch=args.arch, width=args.width, k=args.k, l1_coeff=args.l1_coeff,
+            normalize=not args.no_normalize, train=_train_config(args), overwrite=args.overwrite, device=args.device,
+            progress=not args.no_progress,
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            m = result.metrics
+            lr = m.get("loss_recovered", {})
+            print(f"wrote {result.path}: FVE {m['fve']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
+                  f"loss recovered {lr.get('loss_recovered', float('nan')):.3f}, {m['train_tokens_per_s']:.0f} tokens/s")
+        return 0
+    if args.command == "sweep":
+        from workbench.sae import sweep
+
+        table = sweep(
+            args.store, out=args.out, layer=args.layer, arch=_csv(args.arch, str), k=_csv(args.k, int), width=_csv(args.width, int),
+            l1_coeff=_csv(args.l1_coeff, float) if args.l1_coeff else None, train=_train_config(args), progress=not args.no_progress,
+        )
+        print(table.to_string(index=False))
         return 0
     if args.command == "info":
         from workbench.store import open_store
@@ -122,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         read_options=read_options,
+        random_weights=args.random_weights,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {store.path}: {store.n_sequences} sequences, {store.n_tokens} tokens, layers {store.layers}")

@@ -132,7 +132,14 @@ def load_adapter(model: str, *, device: str = "cpu") -> Adapter:
     """Load a model by card name or by a local checkpoint path.
 
     A path is offered to every registered adapter family's ``card_for_path``; the first that recognises it wins.
+    The string is kept as ``adapter.source`` (stores record it, so later stages can load the same model).
     """
+    adapter = _load(model, device)
+    adapter.source = model
+    return adapter
+
+
+def _load(model: str, device: str) -> Adapter:
     if model in _cards():
         card = _cards()[model]
         return adapter_class(card.adapter).load(card, device=device)
@@ -142,7 +149,7 @@ def load_adapter(model: str, *, device: str = "cpu") -> Adapter:
             card_for_path = getattr(cls, "card_for_path", None)
             card = card_for_path(path) if card_for_path else None
             if card is not None:
-                return cls.load(card, source=str(path), device=device)
+                return cls.load(card, source=str(path.resolve()), device=device)
         raise ModelError(f"{model}: no adapter recognises this checkpoint")
     # Not a card and not a file: let a family claim a name pattern (ESM-2 hub names download where reachable).
     for cls in _all_adapter_classes():

@@ -74,6 +74,7 @@ class ActivationStore:
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format {self.manifest.get('format_version')} is not {FORMAT_VERSION}")
         self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+        self._heldout: dict[float, set[str]] = {}
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -162,12 +163,16 @@ class ActivationStore:
         drop_last: bool = False,
         as_torch: bool = True,
         dtype: str = "float32",
+        split: str | None = None,
+        holdout_fraction: float = 0.05,
     ) -> Iterator[torch.Tensor | np.ndarray]:
         """Stream ``(batch_size, d_model)`` token batches of ``layer``.
 
         With ``shuffle``, shards are visited in a seeded random order and tokens are shuffled within a buffer of
         ``buffer_shards`` shards, so memory stays bounded by that buffer whatever the store's size. ``rank`` and
-        ``world_size`` give each distributed worker a disjoint set of shards.
+        ``world_size`` give each distributed worker a disjoint part: whole shards when there are enough of them,
+        otherwise every ``world_size``-th token of each shard. ``split`` (``"train"`` or ``"test"``) keeps only
+        the tokens of sequences on that side of :meth:`split_mask`.
         """
         self._check_layer(layer)
         if batch_size < 1:
@@ -176,10 +181,18 @@ class ActivationStore:
         order = np.arange(len(self.shards))
         if shuffle:
             rng.shuffle(order)
-        order = order[rank::world_size]
+        by_shard = len(order) >= world_size
+        if by_shard:
+            order = order[rank::world_size]
         leftover = np.empty((0, self.d_model), dtype=dtype)
         for start in range(0, len(order), max(1, buffer_shards)):
-            chunk = [np.asarray(self.shard_activations(int(i), layer), dtype=dtype) for i in order[start : start + buffer_shards]]
+            chunk = []
+            for i in order[start : start + buffer_shards]:
+                arr = self.shard_activations(int(i), layer)
+                rows = np.arange(len(arr)) if split is None else np.flatnonzero(self.split_mask(int(i), split, holdout_fraction))
+                if not by_shard:
+                    rows = rows[rank::world_size]
+                chunk.append(np.asarray(arr[rows] if split is not None or not by_shard else arr, dtype=dtype))
             buf = np.concatenate([leftover, *chunk])
             if shuffle:
                 buf = buf[rng.permutation(len(buf))]
@@ -197,6 +210,41 @@ class ActivationStore:
         import torch
 
         return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def split_mask(self, shard: int, split: str, holdout_fraction: float = 0.05) -> np.ndarray:
+        """Boolean mask of the rows of ``shard`` that belong to ``split`` (``"train"`` or ``"test"``).
+
+        A sequence is held out (``test``) when a hash of its id falls below ``holdout_fraction``: the split is
+        stable across shard layouts, process counts and runs, and whole sequences stay on one side.
+        """
+        if split not in ("train", "test"):
+            raise StoreError(f"split must be 'train' or 'test', not {split!r}")
+        held = self.heldout_sequences(holdout_fraction)
+        seqs = self.sequences
+        rows = seqs[seqs["shard"] == shard]
+        mask = np.zeros(self.shards[shard].n_tokens, dtype=bool)
+        for offset, n, is_held in zip(rows["offset"], rows["n_tokens"], rows["sequence_id"].isin(held)):
+            if is_held == (split == "test"):
+                mask[int(offset) : int(offset) + int(n)] = True
+        return mask
+
+    def heldout_sequences(self, holdout_fraction: float = 0.05) -> set[str]:
+        """Ids of the sequences held out for evaluation (see :meth:`split_mask`)."""
+        import hashlib
+
+        if holdout_fraction not in self._heldout:
+            cut = int(holdout_fraction * 2**32)
+            self._heldout[holdout_fraction] = {
+                sid for sid in self.sequences["sequence_id"]
+                if int.from_bytes(hashlib.blake2b(str(sid).encode(), digest_size=4).digest(), "big") < cut
+            }
+        return self._heldout[holdout_fraction]
+
+    def manifest_sha256(self) -> str:
+        """Hash of the manifest file: identifies this exact store (model, weights, inputs, layers)."""
+        import hashlib
+
+        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
 
     def iter_sequences(self, layer: int, *, dtype: str = "float32") -> Iterator[tuple[str, pd.DataFrame, np.ndarray]]:
         """Yield ``(sequence_id, token_obs, activations)`` per record in store order, one shard in memory at a time."""

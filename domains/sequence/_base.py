@@ -136,6 +136,40 @@ class SequenceAdapter(Adapter):
         """Keyword arguments of :meth:`forward` for a padded token matrix."""
         return {"tokens": tokens}
 
+    def lm_loss(self, batch: Batch, *, layer: int, edit: Any = None, seed: int = 0, rate: float = 0.15) -> tuple[float, int]:
+        """Masked-LM cross-entropy (summed, and the number of masked residues) with ``edit`` applied at ``layer``.
+
+        A fraction ``rate`` of residues, drawn from ``seed``, is replaced by the mask token.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        tokens = self.tokens_of(batch)
+        gen = torch.Generator().manual_seed(seed)
+        masked = (torch.rand(tokens.shape, generator=gen) < rate) & batch.keep
+        inputs = dict(batch.inputs)
+        inputs[next(iter(inputs))] = tokens.masked_fill(masked, self.vocab.mask)
+        logits = self.run_with_edit(Batch(batch.index, inputs, batch.keep, batch.obs), layer, edit)
+        targets = tokens.to(logits.device)[masked.to(logits.device)]
+        ce = F.cross_entropy(logits[masked.to(logits.device)].float(), targets, reduction="sum")
+        return float(ce), int(masked.sum())
+
+    def records_from_store(self, store: Any, ids: Sequence[str]) -> list[SequenceRecord]:
+        """Sequences of ``ids`` rebuilt from the store's ``residue`` column, in the order given."""
+        wanted = set(ids)
+        found: dict[str, str] = {}
+        for i in range(len(store.shards)):
+            obs = store.shard_obs(i, ["sequence_id", "residue"])
+            sub = obs[obs["sequence_id"].isin(wanted)]
+            for sid, group in sub.groupby("sequence_id", sort=False):
+                found[str(sid)] = "".join(group["residue"])
+        missing = [i for i in ids if i not in found]
+        if missing:
+            from workbench.errors import StoreError
+
+            raise StoreError(f"{store.path}: no sequences {missing[:3]}")
+        return [SequenceRecord(i, found[i]) for i in ids]
+
     def mask_token_id(self) -> int:
         return self.vocab.mask
 

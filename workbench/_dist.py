@@ -1,0 +1,64 @@
+"""torch.distributed plumbing shared by extraction and training: set up from torchrun's environment or not at all."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["Dist"]
+
+
+@dataclass
+class Dist:
+    """This process's rank and the world size; ``owned`` when this object started the process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    owned: bool = False
+
+    @classmethod
+    def setup(cls, device: str) -> Dist:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        owned = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+            owned = True
+        return cls(dist.get_rank(), dist.get_world_size(), owned)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def worst(self, status: int) -> int:
+        """The largest status over all ranks, so one rank's failure stops all of them cleanly."""
+        if self.world_size == 1:
+            return status
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([status])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    def all_reduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """In-place all-reduce (``sum`` or ``max``); a no-op on one process."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return tensor

@@ -1,0 +1,270 @@
+"""Sparse autoencoder architectures behind one interface.
+
+Every dictionary reads activations in the model's units, normalises them (centre on the store mean, scale to unit
+mean squared norm per dimension) when configured, encodes them to non-negative codes, and decodes back to the
+model's units. ``forward`` returns a typed :class:`SAEOutput` with the reconstruction, the active codes and the
+loss terms. Decoder rows are kept at unit norm by projection (:meth:`SparseAutoencoder.project_decoder`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ._config import SAEConfig
+from ._sparse import selected_preacts, sparse_decode
+
+__all__ = ["SparseAutoencoder", "SAEOutput", "SparseCodes"]
+
+
+class SparseCodes(NamedTuple):
+    """Active latents of a batch as a flat list of entries (row-major)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    n_rows: int
+
+    def dense(self, width: int) -> torch.Tensor:
+        out = torch.zeros(self.n_rows, width, dtype=self.values.dtype, device=self.values.device)
+        out[self.rows, self.cols] = self.values
+        return out
+
+
+class SAEOutput(NamedTuple):
+    """What :meth:`SparseAutoencoder.forward` returns."""
+
+    x_hat: torch.Tensor
+    """Reconstruction in the model's units, ``(batch, d_in)``."""
+    codes: SparseCodes
+    """Active latents (values in normalised units)."""
+    loss: torch.Tensor
+    """Total training loss."""
+    mse: torch.Tensor
+    """Reconstruction error: squared error summed over dimensions, averaged over tokens (normalised units)."""
+    sparsity: torch.Tensor
+    """Sparsity penalty (L1 for ``relu``, L0 for ``jumprelu``; zero otherwise)."""
+    aux: torch.Tensor
+    """AuxK loss on dead latents (zero when none are dead or it is disabled)."""
+
+
+class _JumpReLUStep(torch.autograd.Function):
+    """Heaviside step ``H(z - theta)`` with a rectangle-kernel straight-through gradient for ``theta``."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, log_theta: torch.Tensor, bandwidth: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        theta = log_theta.exp()
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def]
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((z - theta).abs() < eps / 2).to(z.dtype)
+        # d/dtheta H(z - theta) ~ -(1/eps) K((z - theta)/eps); chain rule through theta = exp(log_theta).
+        g_theta = (-(1.0 / eps) * near * grad).sum(0) * theta
+        return None, g_theta, None
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``z * H(z - theta)``: gradient to ``z`` where active, straight-through kernel gradient to ``theta``."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, log_theta: torch.Tensor, bandwidth: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        theta = log_theta.exp()
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def]
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        active = (z > theta).to(z.dtype)
+        near = ((z - theta).abs() < eps / 2).to(z.dtype)
+        g_theta = (-(theta / eps) * near * grad).sum(0) * theta
+        return grad * active, g_theta, None
+
+
+class SparseAutoencoder(nn.Module):
+    """One module for the five architectures; ``cfg.arch`` picks the activation and the loss.
+
+    Parameters: ``W_enc`` and ``W_dec`` are both ``(width, d_in)`` (one row per latent), ``b_enc`` ``(width,)``,
+    ``b_dec`` ``(d_in,)`` (the pre-encoder bias, in normalised units). Buffers: ``input_mean`` and ``input_scale``
+    (normalisation), ``threshold`` (BatchTopK / Matryoshka inference threshold), and for JumpReLU the parameter
+    ``log_threshold`` ``(width,)``.
+    """
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, w = cfg.d_in, cfg.width
+        dec = torch.randn(w, d)
+        dec = dec / dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(dec)
+        self.W_enc = nn.Parameter(dec.clone())  # encoder initialised from the decoder transpose
+        self.b_enc = nn.Parameter(torch.zeros(w))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("input_mean", torch.zeros(d))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_sum", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("threshold_count", torch.zeros((), dtype=torch.float64))
+        if cfg.arch == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((w,), math.log(cfg.jumprelu_init_threshold)))
+
+    # -- units ------------------------------------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_scale if self.cfg.normalize else x
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.input_scale + self.input_mean if self.cfg.normalize else x
+
+    def pre_acts(self, xn: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations of normalised inputs, ``(batch, width)``."""
+        return torch.addmm(self.b_enc, xn - self.b_dec, self.W_enc.t())
+
+    # -- inference ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense non-negative codes ``(batch, width)`` of activations in model units (inference rule)."""
+        return self._select(self.pre_acts(self.normalize(x)), training=False).dense(self.cfg.width)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Model-unit reconstruction of dense codes."""
+        return self.denormalize(codes @ self.W_dec + self.b_dec)
+
+    def _select(self, pre: torch.Tensor, *, training: bool) -> SparseCodes:
+        """Active entries by the architecture's rule (values not yet differentiable)."""
+        cfg, n = self.cfg, pre.shape[0]
+        if cfg.arch == "topk":
+            vals, idx = pre.topk(cfg.k, dim=1, sorted=False)
+            keep = vals > 0
+            rows = torch.arange(n, device=pre.device).repeat_interleave(cfg.k).view(n, cfg.k)
+            return SparseCodes(rows[keep], idx[keep], vals[keep], n)
+        if cfg.arch in ("batchtopk", "matryoshka") and training:
+            flat_vals, flat_idx = pre.flatten().topk(min(cfg.k * n, pre.numel()), sorted=False)
+            keep = flat_vals > 0
+            flat_idx, flat_vals = flat_idx[keep], flat_vals[keep]
+            if flat_vals.numel():
+                self.threshold_sum += flat_vals.min().double()
+                self.threshold_count += 1
+            flat_idx, order = flat_idx.sort()
+            return SparseCodes(flat_idx // pre.shape[1], flat_idx % pre.shape[1], flat_vals[order], n)
+        if cfg.arch in ("batchtopk", "matryoshka"):
+            mask = pre > self.threshold
+        elif cfg.arch == "jumprelu":
+            mask = pre > self.log_threshold.exp()
+        else:  # relu
+            mask = pre > 0
+        rows, cols = mask.nonzero(as_tuple=True)
+        return SparseCodes(rows, cols, pre[rows, cols], n)
+
+    def update_threshold(self) -> None:
+        """Set the BatchTopK inference threshold to the running mean of each batch's smallest active value."""
+        if self.threshold_count > 0:
+            self.threshold.fill_(float(self.threshold_sum / self.threshold_count))
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None, aux_k: int = 0, aux_coeff: float = 0.0) -> SAEOutput:
+        """Reconstruct ``x`` (model units) and compute the loss terms.
+
+        ``sparsity_scale`` ramps the L1 / L0 penalty during warm-up; ``dead`` (bool, ``(width,)``) marks the
+        latents the AuxK loss may use, up to ``aux_k`` per token.
+        """
+        cfg = self.cfg
+        xn = self.normalize(x)
+        n = xn.shape[0]
+        zero = xn.new_zeros(())
+        if cfg.arch in ("relu", "jumprelu"):
+            pre = self.pre_acts(xn)
+            if cfg.arch == "relu":
+                codes_dense = torch.relu(pre)
+                # L1 weighted by decoder norms (they are kept at one, but the weighting keeps the loss honest).
+                sparsity = (codes_dense * self.W_dec.norm(dim=1)).sum(1).mean() * cfg.l1_coeff * sparsity_scale
+            else:
+                codes_dense = _JumpReLU.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth)
+                l0 = _JumpReLUStep.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth).sum(1).mean()
+                sparsity = l0 * cfg.l1_coeff * sparsity_scale
+            xn_hat = codes_dense @ self.W_dec + self.b_dec
+            with torch.no_grad():
+                rows, cols = (codes_dense > 0).nonzero(as_tuple=True)
+            codes = SparseCodes(rows, cols, codes_dense.detach()[rows, cols], n)
+            err = xn_hat - xn
+            mse = err.pow(2).sum(1).mean()
+            aux = zero
+            loss = mse + sparsity
+        else:
+            with torch.no_grad():
+                pre = self.pre_acts(xn)
+                sel = self._select(pre, training=self.training)
+            xc = xn - self.b_dec
+            vals = selected_preacts(xc, self.W_enc, self.b_enc, sel.rows, sel.cols, sel.values)
+            codes = SparseCodes(sel.rows, sel.cols, vals.detach(), n)
+            if cfg.arch == "matryoshka":
+                loss, mse, err = self._matryoshka_loss(xn, vals, sel)
+            else:
+                xn_hat = sparse_decode(vals, sel.rows, sel.cols, self.W_dec, n) + self.b_dec
+                err = xn_hat - xn
+                mse = err.pow(2).sum(1).mean()
+                loss = mse
+            sparsity = zero
+            aux = self._aux_loss(pre, err.detach(), xc, dead, aux_k) if dead is not None and aux_k > 0 and aux_coeff > 0 else zero
+            loss = loss + aux_coeff * aux
+        x_hat = self.denormalize(xn + err)
+        return SAEOutput(x_hat, codes, loss, mse, sparsity, aux)
+
+    def _matryoshka_loss(self, xn: torch.Tensor, vals: torch.Tensor, sel: SparseCodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sum of the reconstruction losses of every nested prefix of the dictionary (mean over prefixes)."""
+        n = xn.shape[0]
+        recon = self.b_dec.expand(n, -1)
+        losses = []
+        start = 0
+        for end in self.cfg.matryoshka_groups:
+            m = (sel.cols >= start) & (sel.cols < end)
+            recon = recon + sparse_decode(vals[m], sel.rows[m], sel.cols[m], self.W_dec, n)
+            losses.append((recon - xn).pow(2).sum(1).mean())
+            start = end
+        err = recon - xn
+        return torch.stack(losses).mean(), losses[-1], err
+
+    def _aux_loss(self, pre: torch.Tensor, err: torch.Tensor, xc: torch.Tensor, dead: torch.Tensor, aux_k: int) -> torch.Tensor:
+        """AuxK (Gao et al. 2024): reconstruct the residual with the top dead latents, normalised by its variance."""
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return err.new_zeros(())
+        k = min(aux_k, n_dead)
+        with torch.no_grad():
+            dead_cols = dead.nonzero(as_tuple=True)[0]
+            # Top-k among the dead latents only: gather their columns instead of masking the whole batch x width.
+            sub = pre.index_select(1, dead_cols) if n_dead < pre.shape[1] else pre
+            vals, idx = sub.topk(k, dim=1, sorted=False)
+            keep = vals > 0
+            rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k).view(-1, k)
+            cols = dead_cols[idx] if n_dead < pre.shape[1] else idx
+            rows, cols, values = rows[keep], cols[keep], vals[keep]
+        if values.numel() == 0:
+            return err.new_zeros(())
+        aux_vals = selected_preacts(xc, self.W_enc, self.b_enc, rows, cols, values)
+        err_hat = sparse_decode(aux_vals, rows, cols, self.W_dec, pre.shape[0])
+        denom = (err - err.mean(0)).pow(2).sum(1).mean().clamp_min(1e-8)
+        return (err_hat + err).pow(2).sum(1).mean() / denom  # err = x_hat - x, so the target residual is -err
+
+    # -- constraints ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Drop the gradient component that would change decoder row norms (they stay on the unit sphere)."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec
+            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def project_decoder(self) -> None:
+        """Rescale decoder rows to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
