@@ -217,13 +217,14 @@ def train_sae(
             loss_value = float(out_.loss.detach())
             if not math.isfinite(loss_value):
                 raise WorkbenchError(f"training diverged at step {step} (loss {loss_value}); lower the learning rate")
-            if bar is not None and (step % 10 == 0 or step == train.steps):
+            if step % 10 == 0 or step == train.steps:
                 with torch.no_grad():
                     xn = sae.normalize(x)
                     fve = 1 - float(out_.mse) / float((xn - xn.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12))
-                last = {"loss": loss_value, "fve": fve, "l0": len(out_.codes.values) / len(x), "dead": float(dead.float().mean())}
-                bar.set_postfix(loss=f"{last['loss']:.4g}", fve=f"{fve:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead']:.1%}", refresh=False)
-                bar.update(step - bar.n)
+                last = {"loss": loss_value, "fve": fve, "l0": len(out_.codes.values) / len(x), "dead": float(dead.float().mean()), "step": step}
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.4g}", fve=f"{fve:.3f}", l0=f"{last['l0']:.1f}", dead=f"{last['dead']:.1%}", refresh=False)
+                    bar.update(step - bar.n)
             if train.checkpoint_every and step % train.checkpoint_every == 0 and step < train.steps and dist.rank == 0:
                 _checkpoint(work, sae, opt, since_fired, step, meta)
         if bar is not None:

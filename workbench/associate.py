@@ -1,0 +1,318 @@
+"""Feature-concept association: InterPLM's definitions, vectorised over all pairs, with statistics and controls.
+
+InterPLM (Simon & Zou 2024) scores a feature against a concept by normalising the feature by its maximum activation
+over the analysis set, binarising at thresholds 0, 0.15, 0.5, 0.6 and 0.8, and computing
+
+* residue-level precision: labelled tokens among the tokens where the feature is active;
+* residue-level recall: active tokens among the labelled tokens;
+* domain-level recall: instances (spans) of the concept with at least one active token;
+* F1 = 2 P R_domain / (P + R_domain),
+
+choosing each pair's best threshold on a validation split of sequences and reporting F1 on a held-out test split;
+a concept is "captured" when some feature reaches test F1 > 0.5. Here the normalisation uses the maximum on the
+analysis set (InterPLM v1.0 thresholded raw values), every count is one sparse matrix product per threshold and
+split, and three additions are standard outputs: a one-sided hypergeometric enrichment test of each pair at its
+chosen threshold with Benjamini-Hochberg q-values, a permutation null for each concept's best F1 (labels shifted
+circularly along the token axis, which keeps the span structure), and the same computation on controls (the
+model's neurons; an SAE trained on a random-weight copy of the model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.concepts import ConceptLabels
+from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from workbench.store import ActivationStore
+
+__all__ = [
+    "THRESHOLDS", "FeatureMatrix", "feature_matrix", "neuron_matrix", "associate", "associate_store", "Association",
+    "sequence_split", "count_pairs",
+]
+
+THRESHOLDS: tuple[float, ...] = (0.0, 0.15, 0.5, 0.6, 0.8)
+CAPTURED_F1 = 0.5
+
+
+@dataclass
+class FeatureMatrix:
+    """Feature activations on every token of a store, normalised per feature to a maximum of one."""
+
+    values: sp.csr_matrix
+    """``(n_tokens, n_features)`` sparse, non-negative, entries in (0, 1]."""
+    max_activation: np.ndarray
+    """Per-feature maximum before normalisation (0 for features that never fire)."""
+    names: list[str]
+    """Feature names (``f00000`` for SAE features, ``u0000`` for model units)."""
+
+
+def _csr_from_dense_chunks(chunks: Callable[[], Any], n_features: int) -> tuple[Any, np.ndarray]:
+    import scipy.sparse as sp
+
+    parts, maxes = [], np.zeros(n_features, dtype=np.float32)
+    for dense in chunks():
+        dense = np.maximum(dense, 0)
+        maxes = np.maximum(maxes, dense.max(0) if len(dense) else 0)
+        parts.append(sp.csr_matrix(dense))
+    values = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n_features), dtype=np.float32)
+    scale = np.where(maxes > 0, 1.0 / np.where(maxes > 0, maxes, 1), 0).astype(np.float32)
+    values = sp.csr_matrix(values @ sp.diags(scale))
+    values.eliminate_zeros()
+    return values, maxes
+
+
+def feature_matrix(store: ActivationStore, sae: Any, *, layer: int, batch_size: int = 8192) -> FeatureMatrix:
+    """Encode every token of ``layer`` with ``sae`` (store order) and normalise each feature by its maximum."""
+    import torch
+
+    from workbench.sae import SparseAutoencoder
+
+    if not isinstance(sae, SparseAutoencoder):
+        raise WorkbenchError("feature_matrix needs a workbench SparseAutoencoder")
+    _check_sae_matches(store, sae, layer)
+
+    def chunks() -> Any:
+        for x in store.iter_batches(layer, batch_size, shuffle=False):
+            with torch.no_grad():
+                yield sae.encode(x).numpy()
+
+    values, maxes = _csr_from_dense_chunks(chunks, sae.cfg.width)
+    return FeatureMatrix(values, maxes, [f"f{i:05d}" for i in range(sae.cfg.width)])
+
+
+def neuron_matrix(store: ActivationStore, *, layer: int, batch_size: int = 8192) -> FeatureMatrix:
+    """The model's own units as features (the identity-dictionary control), positive part normalised by the maximum."""
+
+    def chunks() -> Any:
+        for x in store.iter_batches(layer, batch_size, shuffle=False, as_torch=False):
+            yield np.asarray(x, dtype=np.float32)
+
+    values, maxes = _csr_from_dense_chunks(chunks, store.d_model)
+    return FeatureMatrix(values, maxes, [f"u{i:04d}" for i in range(store.d_model)])
+
+
+def _check_sae_matches(store: ActivationStore, sae: Any, layer: int) -> None:
+    cfg = sae.cfg
+    if cfg.d_in != store.d_model or (cfg.model and cfg.model != store.model) or (cfg.layer >= 0 and cfg.layer != layer):
+        raise WorkbenchError(
+            f"SAE was trained on {cfg.model or '?'} layer {cfg.layer} (d_in {cfg.d_in}); the store holds {store.model}"
+            f" layer {layer} (d_model {store.d_model})"
+        )
+
+
+def sequence_split(sequence_ids: Sequence[str], *, seed: int = 0) -> np.ndarray:
+    """``True`` for validation, ``False`` for test: half of the sequences each, by a seeded hash of the id."""
+    out = np.empty(len(sequence_ids), dtype=bool)
+    for i, sid in enumerate(sequence_ids):
+        h = hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=4).digest()
+        out[i] = int.from_bytes(h, "big") % 2 == 0
+    return out
+
+
+def count_pairs(active: sp.csr_matrix, labels: sp.csr_matrix, instances: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+    """Counts behind precision and recall for every (feature, concept) pair at once.
+
+    ``active`` is ``tokens x features`` boolean, ``labels`` ``tokens x concepts`` boolean, ``instances`` the
+    matching 1-based span ids. Returns ``tp`` (features x concepts), ``n_active`` (features), ``n_labelled``
+    (concepts), and with instances ``hit_instances`` (features x concepts: spans with at least one active token)
+    and ``n_instances`` (concepts).
+    """
+    import scipy.sparse as sp
+
+    a = sp.csr_matrix(active, dtype=np.float32)
+    c = sp.csr_matrix(labels, dtype=np.float32)
+    out = {
+        "tp": np.asarray((a.T @ c).todense()),
+        "n_active": np.asarray(a.sum(0)).ravel(),
+        "n_labelled": np.asarray(c.sum(0)).ravel(),
+    }
+    if instances is not None:
+        inst = sp.csc_matrix(instances)
+        n_feat = a.shape[1]
+        hit = np.zeros((n_feat, c.shape[1]), dtype=np.float64)
+        n_inst = np.zeros(c.shape[1], dtype=np.int64)
+        a_csc = a.tocsc()
+        for j in range(c.shape[1]):
+            rows = inst.indices[inst.indptr[j] : inst.indptr[j + 1]]
+            ids = inst.data[inst.indptr[j] : inst.indptr[j + 1]]
+            if len(rows) == 0:
+                continue
+            uniq, local = np.unique(ids, return_inverse=True)
+            n_inst[j] = len(uniq)
+            if len(uniq) == len(rows):  # one-residue instances: domain recall equals residue recall
+                hit[:, j] = out["tp"][:, j]
+                continue
+            # instance-membership matrix of this concept: tokens x instances; any active token per instance.
+            member = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, local)), shape=(a.shape[0], len(uniq)))
+            hit[:, j] = np.asarray(((a_csc.T @ member) > 0).sum(1)).ravel()
+        out["hit_instances"] = hit
+        out["n_instances"] = n_inst
+    return out
+
+
+def _f1(tp: np.ndarray, n_active: np.ndarray, n_labelled: np.ndarray, hit: np.ndarray, n_inst: np.ndarray) -> tuple[np.ndarray, ...]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(n_active[:, None] > 0, tp / n_active[:, None], 0.0)
+        recall = np.where(n_labelled[None, :] > 0, tp / n_labelled[None, :], 0.0)
+        domain_recall = np.where(n_inst[None, :] > 0, hit / n_inst[None, :], 0.0)
+        f1 = np.where(precision + domain_recall > 0, 2 * precision * domain_recall / (precision + domain_recall), 0.0)
+    return precision, recall, domain_recall, f1
+
+
+@dataclass
+class Association:
+    """Result of :func:`associate` for one feature set (SAE features, neurons, or a control)."""
+
+    pairs: pd.DataFrame
+    """One row per (feature, concept) pair with a non-zero overlap: best validation threshold, validation and test
+    F1, test precision / recall / domain recall, counts, enrichment p- and q-values."""
+    best: pd.DataFrame
+    """One row per concept: its best feature by validation F1, that feature's test F1, the permutation-null p-value."""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def concepts_captured(self) -> int:
+        return int((self.best["test_f1"] > CAPTURED_F1).sum())
+
+
+def associate(
+    features: FeatureMatrix,
+    labels: ConceptLabels,
+    sequence_ids: Sequence[str],
+    token_sequence: np.ndarray,
+    *,
+    thresholds: Sequence[float] = THRESHOLDS,
+    split_seed: int = 0,
+    n_permutations: int = 20,
+    seed: int = 0,
+) -> Association:
+    """Associate every feature with every token concept (see the module docstring).
+
+    ``sequence_ids`` is the store's sequence order and ``token_sequence`` the index into it of every token's sequence
+    (``len == n_tokens``); sequences are split into validation and test halves by :func:`sequence_split`.
+    """
+    import pandas as pd
+    import scipy.sparse as sp
+    from scipy.stats import false_discovery_control, hypergeom
+
+    if features.values.shape[0] != labels.n_tokens or len(token_sequence) != labels.n_tokens:
+        raise WorkbenchError(
+            f"features cover {features.values.shape[0]} tokens, labels {labels.n_tokens}: they come from different stores"
+        )
+    val_seq = sequence_split(sequence_ids, seed=split_seed)
+    is_val = val_seq[token_sequence]
+    parts = {"val": np.flatnonzero(is_val), "test": np.flatnonzero(~is_val)}
+    values = features.values.tocsr()
+    lab = labels.tokens.tocsr()
+    inst = labels.instances.tocsr()
+    counts: dict[str, list[dict[str, np.ndarray]]] = {"val": [], "test": []}
+    for name, rows in parts.items():
+        v, lb, ins = values[rows], lab[rows], inst[rows]
+        for t in thresholds:
+            active = v > t
+            counts[name].append(count_pairs(active, lb, ins))
+    # F1 per split and threshold: (n_thresholds, features, concepts)
+    f1 = {}
+    stats = {}
+    for name in parts:
+        per = [_f1(c["tp"], c["n_active"], c["n_labelled"], c["hit_instances"], c["n_instances"]) for c in counts[name]]
+        f1[name] = np.stack([p[3] for p in per])
+        stats[name] = per
+    best_t = f1["val"].argmax(0)  # features x concepts
+    fi, ci = np.indices(best_t.shape)
+    val_f1 = f1["val"][best_t, fi, ci]
+    test_f1 = f1["test"][best_t, fi, ci]
+    test_precision = np.stack([p[0] for p in stats["test"]])[best_t, fi, ci]
+    test_recall = np.stack([p[1] for p in stats["test"]])[best_t, fi, ci]
+    test_domain = np.stack([p[2] for p in stats["test"]])[best_t, fi, ci]
+
+    # Enrichment at the chosen threshold, on all tokens: hypergeometric upper tail P(X >= tp).
+    n_tokens = labels.n_tokens
+    tp_all = sum(np.stack([c["tp"] for c in counts[s]]) for s in parts)[best_t, fi, ci]
+    n_act_all = sum(np.stack([c["n_active"] for c in counts[s]]) for s in parts)  # thresholds x features
+    n_act = n_act_all[best_t, fi]
+    n_lab = np.asarray(lab.sum(0)).ravel()[None, :].repeat(best_t.shape[0], 0)
+    keep = tp_all > 0
+    p = np.ones_like(tp_all, dtype=np.float64)
+    p[keep] = hypergeom.sf(tp_all[keep] - 1, n_tokens, n_lab[keep], n_act[keep])
+    q = np.ones_like(p)
+    q[keep] = false_discovery_control(p[keep], method="bh")
+
+    concepts = labels.token_concepts["concept"].tolist()
+    pairs = pd.DataFrame({
+        "feature": np.asarray(features.names)[fi[keep]],
+        "concept": np.asarray(concepts, dtype=object)[ci[keep]],
+        "threshold": np.asarray(thresholds)[best_t[keep]],
+        "val_f1": val_f1[keep], "test_f1": test_f1[keep], "test_precision": test_precision[keep],
+        "test_recall": test_recall[keep], "test_domain_recall": test_domain[keep],
+        "tp": tp_all[keep].astype(int), "n_active": n_act[keep].astype(int), "n_labelled": n_lab[keep].astype(int),
+        "p_value": p[keep], "q_value": q[keep],
+    }).sort_values(["concept", "val_f1"], ascending=[True, False], ignore_index=True)
+
+    best_feature = val_f1.argmax(0)  # per concept
+    null_p = _permutation_null(values, lab, inst, parts, thresholds, val_f1.max(0), n_permutations, seed)
+    best = pd.DataFrame({
+        "concept": concepts,
+        "best_feature": np.asarray(features.names)[best_feature],
+        "val_f1": val_f1.max(0),
+        "test_f1": test_f1[best_feature, np.arange(len(concepts))],
+        "threshold": np.asarray(thresholds)[best_t[best_feature, np.arange(len(concepts))]],
+        "q_value": q[best_feature, np.arange(len(concepts))],
+        "null_p": null_p,
+        "n_labelled": np.asarray(lab.sum(0)).ravel().astype(int),
+    })
+    params = {"thresholds": list(thresholds), "split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
+              "n_tokens": n_tokens, "n_features": values.shape[1], "n_concepts": len(concepts), "captured_f1": CAPTURED_F1}
+    return Association(pairs, best, params)
+
+
+def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndarray], thresholds: Sequence[float],
+                      observed: np.ndarray, n_permutations: int, seed: int) -> np.ndarray:
+    """Empirical p-value of each concept's best validation F1 against labels shifted circularly along the tokens."""
+    if n_permutations <= 0:
+        return np.full(len(observed), np.nan)
+    rng = np.random.default_rng(seed)
+    n = lab.shape[0]
+    exceed = np.zeros(len(observed))
+    rows = parts["val"]
+    v = values[rows]
+    actives = [v > t for t in thresholds]
+    for _ in range(n_permutations):
+        shift = int(rng.integers(1, n))
+        order = (np.arange(n) - shift) % n
+        lb, ins = lab[order][rows], inst[order][rows]
+        best = np.zeros(len(observed))
+        for active in actives:
+            c = count_pairs(active, lb, ins)
+            best = np.maximum(best, _f1(c["tp"], c["n_active"], c["n_labelled"], c["hit_instances"], c["n_instances"])[3].max(0))
+        exceed += best >= observed
+    return (exceed + 1) / (n_permutations + 1)
+
+
+def associate_store(store: ActivationStore, labels: ConceptLabels, *, layer: int, sae: Any | None = None, **options: Any) -> Association:
+    """:func:`associate` for the SAE features of ``store`` at ``layer`` (or its neurons when ``sae`` is None).
+
+    ``labels`` must come from the same store (same tokens in the same order); an SAE trained on another model or
+    layer is refused, naming both.
+    """
+    import pandas as pd
+
+    if labels.n_tokens != store.n_tokens:
+        raise WorkbenchError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
+    features = feature_matrix(store, sae, layer=layer) if sae is not None else neuron_matrix(store, layer=layer)
+    sequence_ids = store.sequences["sequence_id"].astype(str).tolist()
+    token_sequence = pd.Categorical(store.obs(["sequence_id"])["sequence_id"].astype(str), categories=sequence_ids).codes
+    result = associate(features, labels, sequence_ids, np.asarray(token_sequence), **options)
+    result.params.update({"store": str(store.path), "model": store.model, "layer": layer,
+                          "features": "sae" if sae is not None else "neurons"})
+    return result

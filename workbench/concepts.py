@@ -1,0 +1,172 @@
+"""Concept labels aligned to an activation store: what annotation sources produce and association consumes.
+
+A :class:`ConceptLabels` holds, for one store, a sparse boolean ``tokens x concepts`` matrix in the store's token
+order (row ``i`` is row ``i`` of ``store.obs()``), an instance id per labelled token (which span of the concept
+the token belongs to, for domain-level recall), and a table describing the concepts. Sequence-level concepts
+(germline, species, isotype...) are carried as ``sequences x concepts`` in the store's sequence order.
+
+Annotation sources live in the domains; they only need to return this object. The core never imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import scipy.sparse as sp
+
+__all__ = ["ConceptLabels", "labels_from_spans", "labels_from_sequence_values", "concat_labels"]
+
+
+@dataclass
+class ConceptLabels:
+    """Per-token and per-sequence concept labels for one store."""
+
+    tokens: sp.csr_matrix
+    """``(n_tokens, n_token_concepts)`` boolean: token ``i`` carries concept ``j``."""
+    instances: sp.csr_matrix
+    """Same shape, int32: 1-based id of the span (instance) of concept ``j`` that token ``i`` belongs to."""
+    token_concepts: pd.DataFrame
+    """One row per token concept: ``concept``, ``source``, ``n_tokens``, ``n_instances``, ``n_sequences``."""
+    sequences: sp.csr_matrix
+    """``(n_sequences, n_sequence_concepts)`` boolean, in the store's sequence order."""
+    sequence_concepts: pd.DataFrame
+    """One row per sequence concept: ``concept``, ``source``, ``n_sequences``."""
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def select(self, min_tokens: int = 1, min_sequences: int = 1) -> ConceptLabels:
+        """Keep concepts with at least ``min_tokens`` labelled tokens (token concepts) / ``min_sequences`` sequences."""
+        keep_t = np.flatnonzero(self.token_concepts["n_tokens"].to_numpy() >= min_tokens)
+        keep_s = np.flatnonzero(self.sequence_concepts["n_sequences"].to_numpy() >= min_sequences)
+        return ConceptLabels(
+            self.tokens[:, keep_t], self.instances[:, keep_t], self.token_concepts.iloc[keep_t].reset_index(drop=True),
+            self.sequences[:, keep_s], self.sequence_concepts.iloc[keep_s].reset_index(drop=True),
+        )
+
+
+def _token_index(obs: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """sequence_id -> (first token row, length), from the store's token order."""
+    ids = obs["sequence_id"].to_numpy()
+    change = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[change[1:], len(ids)]
+    index = {}
+    for s, e in zip(change, ends):
+        if ids[s] in index:
+            raise InputError(f"store tokens of sequence {ids[s]!r} are not contiguous")
+        index[str(ids[s])] = (int(s), int(e - s))
+    return index
+
+
+def labels_from_spans(obs: pd.DataFrame, spans: pd.DataFrame, *, sequence_ids: Sequence[str] | None = None,
+                      sequence_values: pd.DataFrame | None = None, source: str = "") -> ConceptLabels:
+    """Build labels from residue spans (``sequence_id, start, end, concept``; positions 1-based inclusive).
+
+    Every span becomes one instance of its concept. Ids missing from the store and positions outside a sequence
+    are errors naming the span. ``sequence_values`` (``sequence_id`` plus one column per attribute) adds
+    sequence-level concepts ``"<column>=<value>"``; ``sequence_ids`` gives the store's sequence order for them.
+    """
+    import pandas as pd
+    import scipy.sparse as sp
+
+    index = _token_index(obs)
+    n_tokens = len(obs)
+    sids = spans["sequence_id"].astype(str).to_numpy()
+    concept_col = spans["concept"].astype(str)
+    names = sorted(concept_col.unique()) if len(spans) else []
+    col_of = {c: j for j, c in enumerate(names)}
+    unknown = [sid for sid in pd.unique(sids) if sid not in index]
+    if unknown:
+        bad = spans[spans["sequence_id"].astype(str) == unknown[0]].iloc[0]
+        raise InputError(f"annotation for sequence {unknown[0]!r} ({bad['concept']}), which is not in the store")
+    first = np.array([index[sid][0] for sid in sids], dtype=np.int64)
+    length = np.array([index[sid][1] for sid in sids], dtype=np.int64)
+    start = spans["start"].to_numpy(dtype=np.int64) if len(spans) else np.zeros(0, dtype=np.int64)
+    end = spans["end"].to_numpy(dtype=np.int64) if len(spans) else np.zeros(0, dtype=np.int64)
+    bad = np.flatnonzero((start < 1) | (end < start) | (end > length))
+    if len(bad):
+        b = int(bad[0])
+        raise InputError(f"annotation {concept_col.iloc[b]} at {start[b]}-{end[b]} is outside sequence {sids[b]!r} (length {length[b]})")
+    span_col = concept_col.map(col_of).to_numpy(dtype=np.int64) if len(spans) else np.zeros(0, dtype=np.int64)
+    # Instance ids: the k-th span of a concept (in file order) is instance k.
+    instance = spans.groupby(concept_col, sort=False).cumcount().to_numpy() + 1 if len(spans) else np.zeros(0, dtype=np.int64)
+    counters = np.bincount(span_col, minlength=len(names)).astype(np.int64)
+    n_seq = np.bincount(pd.DataFrame({"s": sids, "c": span_col}).drop_duplicates()["c"].to_numpy(), minlength=len(names)).astype(np.int64)
+    sizes = end - start + 1
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    r = np.repeat(first + start - 1, sizes) + (np.arange(int(sizes.sum())) - offsets)
+    c = np.repeat(span_col, sizes)
+    i = np.repeat(instance, sizes)
+    shape = (n_tokens, len(names))
+    # Overlapping spans of one concept: keep one entry per (token, concept), the first instance.
+    key = r * max(1, len(names)) + c
+    _, first_idx = np.unique(key, return_index=True)
+    r, c, i = r[first_idx], c[first_idx], i[first_idx]
+    tokens = sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=shape)
+    instances = sp.csr_matrix((i.astype(np.int32), (r, c)), shape=shape)
+    token_concepts = pd.DataFrame({
+        "concept": names, "source": source, "n_tokens": np.asarray(tokens.sum(0)).ravel().astype(int),
+        "n_instances": counters, "n_sequences": n_seq,
+    })
+    seq_matrix, seq_concepts = labels_from_sequence_values(
+        sequence_ids if sequence_ids is not None else list(index), sequence_values, source=source
+    )
+    return ConceptLabels(tokens, instances, token_concepts, seq_matrix, seq_concepts)
+
+
+def labels_from_sequence_values(sequence_ids: Sequence[str], values: pd.DataFrame | None, *, source: str = "") -> tuple[Any, pd.DataFrame]:
+    """One-hot ``"<column>=<value>"`` sequence concepts in the order of ``sequence_ids`` (missing values: no label)."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    empty = pd.DataFrame({"concept": pd.Series(dtype=str), "source": pd.Series(dtype=str), "n_sequences": pd.Series(dtype=int)})
+    if values is None or values.empty:
+        return sp.csr_matrix((len(sequence_ids), 0), dtype=bool), empty
+    position = {sid: k for k, sid in enumerate(sequence_ids)}
+    unknown = [s for s in values["sequence_id"].astype(str) if s not in position]
+    if unknown:
+        raise InputError(f"sequence labels for ids not in the store: {unknown[:3]}")
+    rows, names = [], []
+    cols = []
+    for column in [c for c in values.columns if c != "sequence_id"]:
+        for value, group in values.groupby(column, sort=True):
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            names.append(f"{column}={value}")
+            idx = [position[s] for s in group["sequence_id"].astype(str)]
+            rows.extend(idx)
+            cols.extend([len(names) - 1] * len(idx))
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(len(sequence_ids), len(names)))
+    table = pd.DataFrame({"concept": names, "source": source, "n_sequences": np.asarray(matrix.sum(0)).ravel().astype(int)})
+    return matrix, table
+
+
+def concat_labels(parts: Iterable[ConceptLabels]) -> ConceptLabels:
+    """Side-by-side union of label sets for the same store (concept names must not collide)."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    parts = list(parts)
+    if not parts:
+        raise InputError("no concept labels to combine")
+    if len({p.n_tokens for p in parts}) != 1:
+        raise InputError("concept labels come from stores of different sizes")
+    token_concepts = pd.concat([p.token_concepts for p in parts], ignore_index=True)
+    sequence_concepts = pd.concat([p.sequence_concepts for p in parts], ignore_index=True)
+    for table in (token_concepts, sequence_concepts):
+        dup = table["concept"][table["concept"].duplicated()].tolist()
+        if dup:
+            raise InputError(f"concept names appear in two sources: {dup[:3]}")
+    return ConceptLabels(
+        sp.hstack([p.tokens for p in parts], format="csr"), sp.hstack([p.instances for p in parts], format="csr"),
+        token_concepts, sp.hstack([p.sequences for p in parts], format="csr"), sequence_concepts,
+    )
