@@ -156,17 +156,13 @@ class SequenceAdapter(Adapter):
 
     def records_from_store(self, store: Any, ids: Sequence[str]) -> list[SequenceRecord]:
         """Sequences of ``ids`` rebuilt from the store's ``residue`` column, in the order given."""
-        wanted = set(ids)
-        found: dict[str, str] = {}
-        for i in range(len(store.shards)):
-            obs = store.shard_obs(i, ["sequence_id", "residue"])
-            sub = obs[obs["sequence_id"].isin(wanted)]
-            for sid, group in sub.groupby("sequence_id", sort=False):
-                found[str(sid)] = "".join(group["residue"])
+        from workbench.errors import StoreError
+
+        from .annotations import store_sequences
+
+        found = store_sequences(store)
         missing = [i for i in ids if i not in found]
         if missing:
-            from workbench.errors import StoreError
-
             raise StoreError(f"{store.path}: no sequences {missing[:3]}")
         return [SequenceRecord(i, found[i]) for i in ids]
 
