@@ -296,14 +296,9 @@ def machine() -> dict[str, str]:
     import torch
     import transformers
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from _machine import cpu_model
+
+    cpu = cpu_model()
     return {
         "cpu_count": str(os.cpu_count()),
         "cpu": cpu,

@@ -200,14 +200,9 @@ def matmul_gflops(repeats: int = 8) -> dict[str, float]:
 
 
 def machine_facts() -> dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from _machine import cpu_model
+
+    cpu = cpu_model()
     import transformers
 
     return {

@@ -108,6 +108,8 @@ def test_every_architecture_trains_saves_and_reloads_bit_exactly(arch: str, stor
         assert np.isfinite(lr[key]), lr
     assert m["fve"] > 0.5, m["fve"]  # random-weight tiny model: its activations are easy, but not free
     assert m["l0"] > 0
+    if arch in ("batchtopk", "matryoshka"):  # the learned inference threshold keeps about k latents per token
+        assert 0.5 * SMALL["k"] <= m["l0"] <= 2 * SMALL["k"], m["l0"]
     cfg = json.loads((tmp_path / arch / "cfg.json").read_text())
     assert cfg["sae"]["arch"] == arch and cfg["store"]["layer"] == 2 and cfg["train"]["seed"] == 0
     assert cfg["store"]["manifest_sha256"] == store.manifest_sha256() and "offset_ratio" in cfg["normalization"]

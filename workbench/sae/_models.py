@@ -17,7 +17,10 @@ from torch import nn
 from ._config import SAEConfig
 from ._sparse import selected_preacts, sparse_decode
 
-__all__ = ["SparseAutoencoder", "SAEOutput", "SparseCodes"]
+__all__ = ["SparseAutoencoder", "SAEOutput", "SparseCodes", "THRESHOLD_EMA"]
+
+THRESHOLD_EMA = 0.99
+"""Decay of the moving average that sets the BatchTopK / Matryoshka inference threshold (per training step)."""
 
 
 class SparseCodes(NamedTuple):
@@ -113,8 +116,8 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("input_mean", torch.zeros(d))
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("threshold", torch.zeros(()))
-        self.register_buffer("threshold_sum", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("threshold_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("threshold_sum", torch.zeros((), dtype=torch.float64))  # moving average (see THRESHOLD_EMA)
+        self.register_buffer("threshold_count", torch.zeros((), dtype=torch.float64))  # training steps seen
         if cfg.arch == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((w,), math.log(cfg.jumprelu_init_threshold)))
 
@@ -153,7 +156,11 @@ class SparseAutoencoder(nn.Module):
             keep = flat_vals > 0
             flat_idx, flat_vals = flat_idx[keep], flat_vals[keep]
             if flat_vals.numel():
-                self.threshold_sum += flat_vals.min().double()
+                # Exponential moving average of the smallest selected value: the inference threshold tracks the
+                # end of training rather than the larger activations of the first steps.
+                low = flat_vals.min().double()
+                decay = THRESHOLD_EMA if self.threshold_count > 0 else 0.0
+                self.threshold_sum.mul_(decay).add_((1 - decay) * low)
                 self.threshold_count += 1
             flat_idx, order = flat_idx.sort()
             return SparseCodes(flat_idx // pre.shape[1], flat_idx % pre.shape[1], flat_vals[order], n)
@@ -167,9 +174,9 @@ class SparseAutoencoder(nn.Module):
         return SparseCodes(rows, cols, pre[rows, cols], n)
 
     def update_threshold(self) -> None:
-        """Set the BatchTopK inference threshold to the running mean of each batch's smallest active value."""
+        """Set the BatchTopK inference threshold to the moving average of each batch's smallest selected value."""
         if self.threshold_count > 0:
-            self.threshold.fill_(float(self.threshold_sum / self.threshold_count))
+            self.threshold.fill_(float(self.threshold_sum))
 
     # -- training ------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None, aux_k: int = 0, aux_coeff: float = 0.0) -> SAEOutput:

@@ -230,11 +230,10 @@ def train_sae(
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
-        # BatchTopK threshold: the running mean over every rank's batches.
-        sums = torch.stack([sae.threshold_sum, sae.threshold_count])
-        dist.all_reduce_(sums)
-        sae.threshold_sum.copy_(sums[0])
-        sae.threshold_count.copy_(sums[1])
+        # BatchTopK threshold: the ranks' moving averages, averaged.
+        ema = sae.threshold_sum.clone()
+        dist.all_reduce_(ema)
+        sae.threshold_sum.copy_(ema / dist.world_size)
         sae.update_threshold()
         sae.eval()
         result_metrics: dict[str, Any] = {}
