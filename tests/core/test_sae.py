@@ -75,6 +75,9 @@ def test_topk_codes_have_k_active_and_batchtopk_averages_k() -> None:
     batch = SparseAutoencoder(SAEConfig(d_in=16, width=64, arch="batchtopk", k=5, normalize=False))
     out = batch(x)
     assert len(out.codes.values) <= 5 * 50 and (out.codes.values > 0).all()
+    batch.b_enc.data += 1.0  # make sure at least k * n pre-activations are positive
+    batch.calibrate_threshold(x, batch_size=16)  # chunked: the global top-(n k) still comes out exactly
+    assert (batch.eval().encode(x) > 0).sum(1).float().mean() == pytest.approx(5.0, abs=0.05)
 
 
 def test_jumprelu_threshold_and_relu_l1_get_gradients() -> None:

@@ -17,10 +17,7 @@ from torch import nn
 from ._config import SAEConfig
 from ._sparse import selected_preacts, sparse_decode
 
-__all__ = ["SparseAutoencoder", "SAEOutput", "SparseCodes", "THRESHOLD_EMA"]
-
-THRESHOLD_EMA = 0.99
-"""Decay of the moving average that sets the BatchTopK / Matryoshka inference threshold (per training step)."""
+__all__ = ["SparseAutoencoder", "SAEOutput", "SparseCodes"]
 
 
 class SparseCodes(NamedTuple):
@@ -99,7 +96,7 @@ class SparseAutoencoder(nn.Module):
 
     Parameters: ``W_enc`` and ``W_dec`` are both ``(width, d_in)`` (one row per latent), ``b_enc`` ``(width,)``,
     ``b_dec`` ``(d_in,)`` (the pre-encoder bias, in normalised units). Buffers: ``input_mean`` and ``input_scale``
-    (normalisation), ``threshold`` (BatchTopK / Matryoshka inference threshold), and for JumpReLU the parameter
+    (normalisation), ``threshold`` (BatchTopK / Matryoshka inference threshold, see :meth:`calibrate_threshold`), and for JumpReLU the parameter
     ``log_threshold`` ``(width,)``.
     """
 
@@ -116,8 +113,6 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("input_mean", torch.zeros(d))
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("threshold", torch.zeros(()))
-        self.register_buffer("threshold_sum", torch.zeros((), dtype=torch.float64))  # moving average (see THRESHOLD_EMA)
-        self.register_buffer("threshold_count", torch.zeros((), dtype=torch.float64))  # training steps seen
         if cfg.arch == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((w,), math.log(cfg.jumprelu_init_threshold)))
 
@@ -155,13 +150,6 @@ class SparseAutoencoder(nn.Module):
             flat_vals, flat_idx = pre.flatten().topk(min(cfg.k * n, pre.numel()), sorted=False)
             keep = flat_vals > 0
             flat_idx, flat_vals = flat_idx[keep], flat_vals[keep]
-            if flat_vals.numel():
-                # Exponential moving average of the smallest selected value: the inference threshold tracks the
-                # end of training rather than the larger activations of the first steps.
-                low = flat_vals.min().double()
-                decay = THRESHOLD_EMA if self.threshold_count > 0 else 0.0
-                self.threshold_sum.mul_(decay).add_((1 - decay) * low)
-                self.threshold_count += 1
             flat_idx, order = flat_idx.sort()
             return SparseCodes(flat_idx // pre.shape[1], flat_idx % pre.shape[1], flat_vals[order], n)
         if cfg.arch in ("batchtopk", "matryoshka"):
@@ -173,10 +161,21 @@ class SparseAutoencoder(nn.Module):
         rows, cols = mask.nonzero(as_tuple=True)
         return SparseCodes(rows, cols, pre[rows, cols], n)
 
-    def update_threshold(self) -> None:
-        """Set the BatchTopK inference threshold to the moving average of each batch's smallest selected value."""
-        if self.threshold_count > 0:
-            self.threshold.fill_(float(self.threshold_sum))
+    @torch.no_grad()
+    def calibrate_threshold(self, x: torch.Tensor, *, batch_size: int = 4096) -> float:
+        """BatchTopK / Matryoshka: set the inference threshold so that ``x`` (model units) gets ``k`` active
+        latents per token on average, i.e. the ``len(x) * k``-th largest pre-activation over ``x``.
+
+        Calibrating once with the final weights avoids the lag of running averages taken while the weights moved.
+        """
+        target = len(x) * self.cfg.k
+        candidates = []
+        for start in range(0, len(x), batch_size):
+            pre = self.pre_acts(self.normalize(x[start : start + batch_size])).flatten()
+            candidates.append(pre.topk(min(target, pre.numel()), sorted=False).values)
+        values = torch.cat(candidates).topk(target, sorted=False).values
+        self.threshold.fill_(max(float(values.min()), 0.0))
+        return float(self.threshold)
 
     # -- training ------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None, aux_k: int = 0, aux_coeff: float = 0.0) -> SAEOutput:

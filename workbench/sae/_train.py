@@ -230,11 +230,8 @@ def train_sae(
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
-        # BatchTopK threshold: the ranks' moving averages, averaged.
-        ema = sae.threshold_sum.clone()
-        dist.all_reduce_(ema)
-        sae.threshold_sum.copy_(ema / dist.world_size)
-        sae.update_threshold()
+        if cfg.arch in ("batchtopk", "matryoshka"):  # same sample on every rank, so every rank gets the same value
+            sae.calibrate_threshold(stats.sample[:16384].to(device))
         sae.eval()
         result_metrics: dict[str, Any] = {}
         if dist.rank == 0:
