@@ -51,8 +51,16 @@ class SAEOutput(NamedTuple):
     """AuxK loss on dead latents (zero when none are dead or it is disabled)."""
 
 
+def _log_threshold_grad(z: torch.Tensor, theta: torch.Tensor, eps: float, grad: torch.Tensor, height: torch.Tensor | float) -> torch.Tensor:
+    """Straight-through gradient for ``log_theta`` of a jump of ``height`` at ``theta``: the Dirac delta of the step is
+    replaced by a rectangle kernel of width ``eps``, d/dtheta ~ -(height / eps) K((z - theta) / eps), then the chain
+    rule through ``theta = exp(log_theta)``."""
+    near = ((z - theta).abs() < eps / 2).to(z.dtype)
+    return (-(height / eps) * near * grad).sum(0) * theta
+
+
 class _JumpReLUStep(torch.autograd.Function):
-    """Heaviside step ``H(z - theta)`` with a rectangle-kernel straight-through gradient for ``theta``."""
+    """Heaviside step ``H(z - theta)`` (the L0 count); only ``theta`` gets a (straight-through) gradient."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, log_theta: torch.Tensor, bandwidth: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -64,11 +72,7 @@ class _JumpReLUStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def]
         z, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
-        near = ((z - theta).abs() < eps / 2).to(z.dtype)
-        # d/dtheta H(z - theta) ~ -(1/eps) K((z - theta)/eps); chain rule through theta = exp(log_theta).
-        g_theta = (-(1.0 / eps) * near * grad).sum(0) * theta
-        return None, g_theta, None
+        return None, _log_threshold_grad(z, theta, ctx.bandwidth, grad, 1.0), None
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -84,11 +88,8 @@ class _JumpReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def]
         z, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
         active = (z > theta).to(z.dtype)
-        near = ((z - theta).abs() < eps / 2).to(z.dtype)
-        g_theta = (-(theta / eps) * near * grad).sum(0) * theta
-        return grad * active, g_theta, None
+        return grad * active, _log_threshold_grad(z, theta, ctx.bandwidth, grad, theta), None
 
 
 class SparseAutoencoder(nn.Module):
