@@ -11,10 +11,14 @@ from workbench._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench._extract import extract
+    from workbench._pipeline import annotate
+    from workbench.catalog import Catalog
     from workbench.registry import get_card, list_models, load_adapter
     from workbench.store import ActivationStore, open_store
 
-__all__ = ["__version__", "extract", "open_store", "ActivationStore", "load_adapter", "list_models", "get_card"]
+__all__ = [
+    "__version__", "extract", "open_store", "ActivationStore", "load_adapter", "list_models", "get_card", "annotate", "Catalog",
+]
 
 _LAZY = {
     "extract": "workbench._extract",
@@ -23,6 +27,8 @@ _LAZY = {
     "load_adapter": "workbench.registry",
     "list_models": "workbench.registry",
     "get_card": "workbench.registry",
+    "annotate": "workbench._pipeline",
+    "Catalog": "workbench.catalog",
 }
 
 

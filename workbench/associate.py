@@ -72,7 +72,12 @@ def _csr_from_dense_chunks(chunks: Callable[[], Any], n_features: int) -> tuple[
 
 
 def feature_matrix(store: ActivationStore, sae: Any, *, layer: int, batch_size: int = 8192) -> FeatureMatrix:
-    """Encode every token of ``layer`` with ``sae`` (store order) and normalise each feature by its maximum."""
+    """Encode every token of ``layer`` with ``sae`` (store order) and normalise each feature by its maximum.
+
+    The codes go straight from the SAE's sparse selection into one CSR matrix; no dense ``tokens x width`` block is
+    ever built.
+    """
+    import scipy.sparse as sp
     import torch
 
     from workbench.sae import SparseAutoencoder
@@ -80,14 +85,28 @@ def feature_matrix(store: ActivationStore, sae: Any, *, layer: int, batch_size: 
     if not isinstance(sae, SparseAutoencoder):
         raise WorkbenchError("feature_matrix needs a workbench SparseAutoencoder")
     _check_sae_matches(store, sae, layer)
+    width = sae.cfg.width
+    rows, cols, vals = [], [], []
+    offset = 0
+    for x in store.iter_batches(layer, batch_size, shuffle=False):
+        with torch.no_grad():
+            codes = sae.encode_sparse(x.float())
+        keep = codes.values > 0
+        rows.append((codes.rows[keep] + offset).numpy())
+        cols.append(codes.cols[keep].numpy())
+        vals.append(codes.values[keep].float().numpy())
+        offset += codes.n_rows
+    if not rows:
+        return FeatureMatrix(sp.csr_matrix((0, width), dtype=np.float32), np.zeros(width, np.float32), _names(width))
+    values = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(offset, width))
+    values.sum_duplicates()
+    maxes = np.asarray(values.max(axis=0).todense(), dtype=np.float32).ravel()
+    values.data /= maxes[values.indices]
+    return FeatureMatrix(values, maxes, _names(width))
 
-    def chunks() -> Any:
-        for x in store.iter_batches(layer, batch_size, shuffle=False):
-            with torch.no_grad():
-                yield sae.encode(x).numpy()
 
-    values, maxes = _csr_from_dense_chunks(chunks, sae.cfg.width)
-    return FeatureMatrix(values, maxes, [f"f{i:05d}" for i in range(sae.cfg.width)])
+def _names(width: int) -> list[str]:
+    return [f"f{i:05d}" for i in range(width)]
 
 
 def neuron_matrix(store: ActivationStore, *, layer: int, batch_size: int = 8192) -> FeatureMatrix:
@@ -119,45 +138,82 @@ def sequence_split(sequence_ids: Sequence[str], *, seed: int = 0) -> np.ndarray:
     return out
 
 
-def count_pairs(active: sp.csr_matrix, labels: sp.csr_matrix, instances: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+DENSE_FRACTION = 0.05
+"""Active matrices denser than this are counted with dense products (neurons fire on about half the tokens)."""
+
+
+def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, instances: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
     """Counts behind precision and recall for every (feature, concept) pair at once.
 
-    ``active`` is ``tokens x features`` boolean, ``labels`` ``tokens x concepts`` boolean, ``instances`` the
-    matching 1-based span ids. Returns ``tp`` (features x concepts), ``n_active`` (features), ``n_labelled``
-    (concepts), and with instances ``hit_instances`` (features x concepts: spans with at least one active token)
-    and ``n_instances`` (concepts).
+    ``active`` is ``tokens x features`` boolean (sparse, or dense for dense feature sets), ``labels`` ``tokens x
+    concepts`` boolean, ``instances`` the matching 1-based span ids. Returns ``tp`` (features x concepts),
+    ``n_active`` (features), ``n_labelled`` (concepts), and with instances ``hit_instances`` (features x concepts:
+    spans with at least one active token) and ``n_instances`` (concepts). Every count is a sparse-by-sparse or
+    sparse-by-dense product; spans of all concepts are handled in one product over a global span index.
     """
     import scipy.sparse as sp
 
-    a = sp.csr_matrix(active, dtype=np.float32)
     c = sp.csr_matrix(labels, dtype=np.float32)
-    out = {
-        "tp": np.asarray((a.T @ c).todense()),
-        "n_active": np.asarray(a.sum(0)).ravel(),
-        "n_labelled": np.asarray(c.sum(0)).ravel(),
-    }
-    if instances is not None:
-        inst = sp.csc_matrix(instances)
-        n_feat = a.shape[1]
-        hit = np.zeros((n_feat, c.shape[1]), dtype=np.float64)
-        n_inst = np.zeros(c.shape[1], dtype=np.int64)
-        a_csc = a.tocsc()
-        for j in range(c.shape[1]):
-            rows = inst.indices[inst.indptr[j] : inst.indptr[j + 1]]
-            ids = inst.data[inst.indptr[j] : inst.indptr[j + 1]]
-            if len(rows) == 0:
-                continue
-            uniq, local = np.unique(ids, return_inverse=True)
-            n_inst[j] = len(uniq)
-            if len(uniq) == len(rows):  # one-residue instances: domain recall equals residue recall
-                hit[:, j] = out["tp"][:, j]
-                continue
-            # instance-membership matrix of this concept: tokens x instances; any active token per instance.
-            member = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, local)), shape=(a.shape[0], len(uniq)))
-            hit[:, j] = np.asarray(((a_csc.T @ member) > 0).sum(1)).ravel()
-        out["hit_instances"] = hit
-        out["n_instances"] = n_inst
+    n_tokens, n_feat = active.shape
+    dense = isinstance(active, np.ndarray) or active.nnz > DENSE_FRACTION * max(n_tokens * n_feat, 1)
+    if dense:
+        a = np.asarray(active.toarray() if sp.issparse(active) else active, dtype=np.float32)
+        tp = np.asarray(c.T @ a).T
+        n_active = a.sum(0)
+    else:
+        a = sp.csr_matrix(active, dtype=np.float32)
+        tp = np.asarray((a.T @ c).todense())
+        n_active = np.asarray(a.sum(0)).ravel()
+    out = {"tp": tp, "n_active": n_active, "n_labelled": np.asarray(c.sum(0)).ravel()}
+    if instances is None:
+        return out
+    inst = sp.csc_matrix(instances)
+    inst.eliminate_zeros()
+    n_con = c.shape[1]
+    hit = tp.astype(np.float64, copy=True)
+    n_inst = np.zeros(n_con, dtype=np.int64)
+    rows_all, cols_all, ids_all = [], [], []
+    n_spans = 0
+    span_concept = []
+    for j in range(n_con):
+        rows = inst.indices[inst.indptr[j] : inst.indptr[j + 1]]
+        ids = inst.data[inst.indptr[j] : inst.indptr[j + 1]]
+        if len(rows) == 0:
+            continue
+        uniq, local = np.unique(ids, return_inverse=True)
+        n_inst[j] = len(uniq)
+        if len(uniq) == len(rows):  # one-residue instances: domain recall equals residue recall
+            continue
+        rows_all.append(rows)
+        ids_all.append(local + n_spans)
+        span_concept.append(np.full(len(uniq), j))
+        n_spans += len(uniq)
+    if n_spans:
+        # tokens x spans membership; per feature, active tokens in each span; spans hit, summed per concept.
+        member = sp.csr_matrix(
+            (np.ones(sum(len(r) for r in rows_all), dtype=np.float32), (np.concatenate(rows_all), np.concatenate(ids_all))),
+            shape=(n_tokens, n_spans),
+        )
+        concept_of = np.concatenate(span_concept)
+        to_concept = sp.csr_matrix((np.ones(n_spans, dtype=np.float32), (np.arange(n_spans), concept_of)), shape=(n_spans, n_con))
+        if dense:
+            per_span = np.asarray(member.T @ a)  # spans x features
+            hits = np.asarray(to_concept.T @ (per_span > 0).astype(np.float32)).T
+        else:
+            per_span = sp.csr_matrix(a.T @ member)  # features x spans
+            per_span.data[:] = 1.0
+            hits = np.asarray((per_span @ to_concept).todense())
+        multi = np.unique(concept_of)
+        hit[:, multi] = hits[:, multi]
+    out["hit_instances"] = hit
+    out["n_instances"] = n_inst
     return out
+
+
+def _maybe_dense(values: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
+    """Dense features (neurons) as an array, so that thresholding and counting use dense products."""
+    n = values.shape[0] * values.shape[1]
+    return values.toarray() if n and values.nnz > DENSE_FRACTION * n else values
 
 
 def _f1(tp: np.ndarray, n_active: np.ndarray, n_labelled: np.ndarray, hit: np.ndarray, n_inst: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -217,7 +273,7 @@ def associate(
     inst = labels.instances.tocsr()
     counts: dict[str, list[dict[str, np.ndarray]]] = {"val": [], "test": []}
     for name, rows in parts.items():
-        v, lb, ins = values[rows], lab[rows], inst[rows]
+        v, lb, ins = _maybe_dense(values[rows]), lab[rows], inst[rows]
         for t in thresholds:
             active = v > t
             counts[name].append(count_pairs(active, lb, ins))
@@ -285,7 +341,7 @@ def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndar
     n = lab.shape[0]
     exceed = np.zeros(len(observed))
     rows = parts["val"]
-    v = values[rows]
+    v = _maybe_dense(values[rows])
     actives = [v > t for t in thresholds]
     for _ in range(n_permutations):
         shift = int(rng.integers(1, n))
@@ -305,14 +361,11 @@ def associate_store(store: ActivationStore, labels: ConceptLabels, *, layer: int
     ``labels`` must come from the same store (same tokens in the same order); an SAE trained on another model or
     layer is refused, naming both.
     """
-    import pandas as pd
-
     if labels.n_tokens != store.n_tokens:
         raise WorkbenchError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     features = feature_matrix(store, sae, layer=layer) if sae is not None else neuron_matrix(store, layer=layer)
     sequence_ids = store.sequences["sequence_id"].astype(str).tolist()
-    token_sequence = pd.Categorical(store.obs(["sequence_id"])["sequence_id"].astype(str), categories=sequence_ids).codes
-    result = associate(features, labels, sequence_ids, np.asarray(token_sequence), **options)
+    result = associate(features, labels, sequence_ids, store.token_sequence(), **options)
     result.params.update({"store": str(store.path), "model": store.model, "layer": layer,
                           "features": "sae" if sae is not None else "neurons"})
     return result

@@ -1,4 +1,5 @@
-"""Command line: ``workbench extract | train | sweep | models | info | demo``; thin wrappers over the Python API.
+"""Command line: ``workbench extract | train | sweep | annotate | export | models | info | demo``; thin wrappers over
+the Python API.
 
 Problems with the user's input end with one line on stderr (``workbench: error: ...``) and exit status 2;
 nothing is left behind at the output path.
@@ -117,6 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--width", default="4096", help="comma-separated widths")
     sw.add_argument("--l1-coeff", help="comma-separated sparsity coefficients (relu, jumprelu)")
 
+    an = sub.add_parser("annotate", help="associate SAE features with database concepts and write a feature catalog")
+    an.add_argument("--store", required=True, help="activation store folder")
+    an.add_argument("--sae", required=True, help="SAE folder trained on that store (sae.safetensors + cfg.json)")
+    an.add_argument("--layer", type=int, help="layer (needed when the store has several)")
+    an.add_argument("--source", action="append", required=True, metavar="SPEC",
+                    help="annotation source, repeatable (sequence domain: anarci, motif, table:COL1,COL2, uniprot:FILE, "
+                         "user:FILE, pfam:FILE)")
+    an.add_argument("--domain", help="domain providing the annotation sources (default: the only one installed)")
+    an.add_argument("--control-store", help="store extracted from the same inputs with --random-weights (control)")
+    an.add_argument("--control-sae", help="SAE trained on the control store with the same settings")
+    an.add_argument("--group-col", help="sequence metadata column grouping records (e.g. the antibody of each chain) so "
+                                        "probe folds never split a group")
+    an.add_argument("--group-sep", help="group records by their id up to the last SEP (e.g. '|' for id|chain)")
+    an.add_argument("--permutations", type=int, default=20, help="label permutations for the best-F1 null")
+    an.add_argument("--n-causal", type=int, default=16, help="features given the causal check (0: skip; needs the model)")
+    an.add_argument("--out", required=True, help="catalog folder to create")
+    an.add_argument("--overwrite", action="store_true", help="replace an existing catalog")
+    an.add_argument("--no-progress", action="store_true")
+
+    exp = sub.add_parser("export", help="export a catalog's features, tables and examples to Parquet / CSV / JSON")
+    exp.add_argument("catalog", help="catalog folder (or catalog.h5ad)")
+    exp.add_argument("--out", required=True, help="folder to create")
+    exp.add_argument("--format", default="parquet,csv,json", help="comma-separated: parquet, csv, json")
+
     demo = sub.add_parser("demo", help="run a domain's demo on the bundled real data")
     demo.add_argument("--domain", default="sequence", help="domain whose demo to run (default: sequence)")
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
@@ -165,6 +190,18 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(table.to_string(index=False))
         return 0
+    if args.command == "annotate":
+        return _annotate(args)
+    if args.command == "export":
+        from workbench.catalog import Catalog
+
+        formats = _csv(args.format, str)
+        bad = [f for f in formats if f not in ("parquet", "csv", "json")]
+        if bad or not formats:
+            raise WorkbenchError(f"unknown export format(s) {bad or formats}; use parquet, csv, json")
+        written = Catalog.open(args.catalog).export(args.out, formats=tuple(formats))
+        print(f"wrote {len(written)} files under {args.out}")
+        return 0
     if args.command == "info":
         from workbench.store import open_store
 
@@ -204,6 +241,37 @@ def _run(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {store.path}: {store.n_sequences} sequences, {store.n_tokens} tokens, layers {store.layers}")
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from workbench._pipeline import AnnotateConfig, annotate
+    from workbench.registry import labels_for
+    from workbench.store import open_store
+
+    if bool(args.control_store) != bool(args.control_sae):
+        raise WorkbenchError("--control-store and --control-sae go together")
+    if args.group_col and args.group_sep:
+        raise WorkbenchError("give --group-col or --group-sep, not both")
+    store = open_store(args.store)
+    groups = None
+    if args.group_col:
+        seqs = store.sequences
+        if args.group_col not in seqs.columns:
+            raise WorkbenchError(f"{store.path} has no sequence column {args.group_col!r} (columns: {', '.join(seqs.columns)})")
+        groups = seqs[args.group_col].astype(str).tolist()
+    elif args.group_sep:
+        groups = [i.rsplit(args.group_sep, 1)[0] for i in store.sequences["sequence_id"].astype(str)]
+    labels = labels_for(store, args.source, domain=args.domain)
+    catalog = annotate(
+        store, args.sae, labels, layer=args.layer, out=args.out, control_store=args.control_store, control_sae=args.control_sae,
+        sequence_groups=groups, config=AnnotateConfig(n_permutations=args.permutations, n_causal=args.n_causal),
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    s = catalog.summary
+    print(f"wrote {args.out}: {s.get('n_features')} features x {s.get('n_concepts')} concepts; captured (test F1 > 0.5): "
+          f"SAE {s.get('concepts_captured_sae')}, neurons {s.get('concepts_captured_neurons')}, "
+          f"random control {s.get('concepts_captured_random')}")
     return 0
 
 

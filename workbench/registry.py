@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass, field, fields
 from importlib import metadata, resources
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import ModelError
@@ -23,10 +24,13 @@ from workbench.errors import ModelError
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.adapter import Adapter
 
-__all__ = ["ModelCard", "list_models", "get_card", "adapter_class", "load_adapter", "register_adapter"]
+__all__ = [
+    "ModelCard", "list_models", "get_card", "adapter_class", "load_adapter", "register_adapter", "annotation_sources", "labels_for",
+]
 
 ADAPTER_GROUP = "workbench.adapters"
 CARD_GROUP = "workbench.model_cards"
+ANNOTATION_GROUP = "workbench.annotations"
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,24 @@ def _load(model: str, device: str) -> Adapter:
             return cls.load(card, device=device)
     get_card(model)  # raises with the list of known models
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def annotation_sources() -> dict[str, Any]:
+    """Annotation entry points by domain name: ``fn(store, specs) -> ConceptLabels`` (group ``workbench.annotations``).
+
+    A spec is a source name with an optional argument (``anarci``, ``table:COL1,COL2``, ``uniprot:FILE``); each
+    domain documents its own.
+    """
+    return {ep.name: ep for ep in metadata.entry_points(group=ANNOTATION_GROUP)}
+
+
+def labels_for(store: Any, specs: Sequence[str], *, domain: str | None = None) -> Any:
+    """Concept labels for ``store`` from the annotation sources named in ``specs`` through a domain's entry point."""
+    sources = annotation_sources()
+    if domain is None:
+        if len(sources) != 1:
+            raise ModelError(f"say which domain annotates this store (installed: {', '.join(sorted(sources)) or 'none'})")
+        domain = next(iter(sources))
+    if domain not in sources:
+        raise ModelError(f"no annotation sources for domain {domain!r} (installed: {', '.join(sorted(sources)) or 'none'})")
+    return sources[domain].load()(store, list(specs))

@@ -257,6 +257,38 @@ class ActivationStore:
                 sl = slice(int(row.offset), int(row.offset) + int(row.n_tokens))
                 yield str(row.sequence_id), obs.iloc[sl].reset_index(drop=True), acts[sl]
 
+    def token_sequence(self) -> np.ndarray:
+        """For every token in store order, the row of its record in :attr:`sequences` (int64)."""
+        seqs = self.sequences
+        return np.repeat(np.arange(len(seqs)), seqs["n_tokens"].to_numpy()) if self._records_in_token_order(seqs) else (
+            self._token_sequence_slow(seqs))
+
+    def _records_in_token_order(self, seqs: pd.DataFrame) -> bool:
+        order = seqs[["shard", "offset"]].to_numpy()
+        return bool(len(order) == 0 or (np.lexsort((order[:, 1], order[:, 0])) == np.arange(len(order))).all())
+
+    def _token_sequence_slow(self, seqs: pd.DataFrame) -> np.ndarray:
+        import pandas as pd
+
+        ids = seqs["sequence_id"].astype(str).tolist()
+        return np.asarray(pd.Categorical(self.obs(["sequence_id"])["sequence_id"].astype(str), categories=ids).codes, dtype=np.int64)
+
+    def activations(self, layer: int, *, dtype: str = "float32") -> np.ndarray:
+        """Every token of ``layer`` in store order as one ``(n_tokens, d_model)`` array (for analyses that fit in memory).
+
+        Raises :class:`StoreError` when the layer holds NaN or infinite values.
+        """
+        self._check_layer(layer)
+        out = np.empty((self.n_tokens, self.d_model), dtype=dtype)
+        row = 0
+        for i in range(len(self.shards)):
+            acts = self.shard_activations(i, layer)
+            out[row : row + len(acts)] = acts
+            row += len(acts)
+        if not np.isfinite(out).all():
+            raise StoreError(f"{self.path}: layer {layer} holds NaN or infinite values")
+        return out
+
     def get_sequence(self, sequence_id: str, layer: int, *, dtype: str = "float32") -> np.ndarray:
         """Activations of one record at ``layer``, ``(length, d_model)``."""
         seqs = self.sequences

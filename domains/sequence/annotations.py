@@ -147,7 +147,7 @@ UNIPROT_XML_FEATURE_TYPES: Mapping[str, str] = {
 }
 
 #: Source names :func:`sequence_labels` accepts.
-SOURCES: tuple[str, ...] = ("anarci", "table", "motif", "uniprot", "user")
+SOURCES: tuple[str, ...] = ("anarci", "table", "motif", "uniprot", "user", "pfam")
 
 # Feature keys whose notes describe one sequence change each ("V -> I (in dbSNP...)"): no note sub-concepts.
 _NO_NOTE_KEYS = frozenset({"VARIANT", "VAR_SEQ", "VARSPLIC", "CONFLICT", "MUTAGEN", "UNSURE", "NON_CONS", "NON_TER"})
@@ -831,11 +831,13 @@ def sequence_labels(
     user: PathLike | None = None,
     min_count: int = 5,
     anarci_options: Mapping[str, Any] | None = None,
+    pfam_hmm: PathLike | None = None,
 ) -> ConceptLabels:
     """Run the requested annotation sources on ``store`` and combine their labels (:func:`concat_labels`).
 
     ``sources`` are names from :data:`SOURCES`. ``"table"`` uses ``table_columns`` (nothing when empty);
-    ``"uniprot"`` and ``"user"`` need their file (``uniprot`` / ``user``), and giving the file adds the source. A
+    ``"uniprot"``, ``"user"`` and ``"pfam"`` need their file (``uniprot`` / ``user`` / ``pfam_hmm``, a HMMER3
+    profile file for :func:`domains.sequence.pfam.pfam_labels`), and giving the file adds the source. A
     table column named like an ANARCI attribute (``v_family``, ``species``...) is named ``table:<column>`` when
     both sources run, so the two can be compared. ``anarci_options`` go to :func:`anarci_labels`. The sources'
     counters are merged in ``token_concepts.attrs``.
@@ -845,6 +847,8 @@ def sequence_labels(
         wanted.append("uniprot")
     if user is not None and "user" not in wanted:
         wanted.append("user")
+    if pfam_hmm is not None and "pfam" not in wanted:
+        wanted.append("pfam")
     unknown = [s for s in wanted if s not in SOURCES]
     if unknown:
         raise InputError(f"unknown annotation source(s) {unknown}; use some of {', '.join(SOURCES)}")
@@ -852,6 +856,8 @@ def sequence_labels(
         raise InputError("the uniprot source needs the UniProt file the store was extracted from")
     if "user" in wanted and user is None:
         raise InputError("the user source needs a labels file")
+    if "pfam" in wanted and pfam_hmm is None:
+        raise InputError("the pfam source needs a HMMER3 profile file (pfam_hmm)")
     obs = _obs(store)
     ids = _sequence_ids(store)
     parts: list[ConceptLabels] = []
@@ -867,6 +873,10 @@ def sequence_labels(
             parts.append(_motif_from(obs, ids))
         elif source == "uniprot":
             parts.append(_uniprot_from(obs, ids, uniprot, min_count, None))  # type: ignore[arg-type]
+        elif source == "pfam":
+            from domains.sequence.pfam import _pfam_from
+
+            parts.append(_pfam_from(obs, ids, pfam_hmm))  # type: ignore[arg-type]
         else:
             parts.append(_user_from(obs, ids, user, None, "user"))  # type: ignore[arg-type]
     if not parts:

@@ -125,3 +125,27 @@ def test_associate_store_sae_vs_neurons_on_a_real_store(tiny_esm2, oas_fasta, tm
     assert max(res_sae.best["test_f1"].max(), res_neu.best["test_f1"].max()) > 0.5
     with pytest.raises(WorkbenchError, match="layer 1"):
         associate_store(store, labels, layer=2, sae=sae)
+
+
+def test_dense_and_sparse_counts_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neurons take the dense path, SAE features the sparse one: both give the same counts, spans included."""
+    rng = np.random.default_rng(0)
+    n, f = 300, 7
+    obs = pd.DataFrame({"sequence_id": np.repeat([f"s{i}" for i in range(10)], 30), "position": np.tile(np.arange(1, 31), 10)})
+    spans = pd.DataFrame({"sequence_id": [f"s{i}" for i in range(10) for _ in range(3)],
+                          "start": [2, 10, 20] * 10, "end": [5, 10, 28] * 10, "concept": ["A", "B", "A"] * 10})
+    labels = labels_from_spans(obs, spans)
+    dense = rng.random((n, f)) > 0.5
+    a = count_pairs(dense, labels.tokens, labels.instances)
+    import workbench.associate as assoc
+
+    monkeypatch.setattr(assoc, "DENSE_FRACTION", 1.0)  # force the sparse path
+    b = count_pairs(sp.csr_matrix(dense), labels.tokens, labels.instances)
+    ref_hits = np.zeros((f, 2))
+    inst = labels.instances.toarray()
+    for j in range(2):
+        for i in np.unique(inst[:, j][inst[:, j] > 0]):
+            ref_hits[:, j] += dense[inst[:, j] == i].any(0)
+    for key in ("tp", "n_active", "n_labelled", "hit_instances", "n_instances"):
+        np.testing.assert_allclose(a[key], b[key])
+    np.testing.assert_allclose(a["hit_instances"], ref_hits)

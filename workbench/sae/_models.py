@@ -135,6 +135,11 @@ class SparseAutoencoder(nn.Module):
         return self._select(self.pre_acts(self.normalize(x)), training=False).dense(self.cfg.width)
 
     @torch.no_grad()
+    def encode_sparse(self, x: torch.Tensor) -> SparseCodes:
+        """The active latents of activations in model units as (row, column, value) entries, never densified."""
+        return self._select(self.pre_acts(self.normalize(x)), training=False)
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Model-unit reconstruction of dense codes."""
         return self.denormalize(codes @ self.W_dec + self.b_dec)

@@ -1,0 +1,405 @@
+"""The annotation stage in one call: store + SAE + concept labels -> an annotated feature catalog.
+
+:func:`annotate` runs, in order: the SAE's feature matrix on the store; association with every concept for the SAE
+features, the model's neurons and (when given) an SAE trained on a random-weight copy of the model; linear probes on
+SAE codes, neurons and the random control; discovery (candidate missing annotations, unexplained features, the
+rediscovery check); causal effects of the most interesting features through the adapter's edit hook; feature
+descriptions, families and UMAP; and writes the catalog atomically. It is domain-free: the labels come from a domain's
+annotation sources, and the domain may pass sequence-level targets (for example biophysical assays) and groups.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import InputError, WorkbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from workbench.adapter import Adapter
+    from workbench.catalog import Catalog
+    from workbench.concepts import ConceptLabels
+    from workbench.store import ActivationStore
+
+__all__ = ["AnnotateConfig", "annotate", "probe_groups"]
+
+
+@dataclass
+class AnnotateConfig:
+    """Options of :func:`annotate` (saved in the catalog's provenance)."""
+
+    n_permutations: int = 20
+    """Label permutations for each concept's best-F1 null (0 skips the null)."""
+    split_seed: int = 0
+    """Seed of the validation / test split of sequences."""
+    token_probe_groups: Sequence[str] | None = None
+    """Concept groups probed per token (``None``: every group with 2-30 values labelling at least half the tokens)."""
+    probe_representations: Sequence[str] = ("sae", "neurons", "random_sae")
+    """What the probes read: SAE codes, the model's neurons (raw activations; k-sparse = single units), and the
+    random-weight control's SAE codes (when the control is given)."""
+    sequence_probe_groups: Sequence[str] | None = None
+    """Sequence-concept groups probed per sequence (``None``: every group with 2-30 values on half the sequences)."""
+    probe_max_samples: int = 20000
+    """Tokens subsampled (whole sequences) for token probes."""
+    probe_cv: int = 5
+    """Cross-validation folds (grouped by sequence group)."""
+    rediscovery_groups: Sequence[str] | None = ("region", "chain_region", "motif", "pfam", "pfam_hmm", "uniprot")
+    """Concept groups whose concepts get the rediscovery check (``None``: all with enough instances)."""
+    rediscovery_k: int = 20
+    """Candidates scored in precision@k."""
+    rediscovery_withhold: float = 0.5
+    """Fraction of each concept's instances withheld."""
+    n_causal: int = 16
+    """Features whose causal effect is measured (best feature of the best-captured concepts, then unexplained ones);
+    0 skips the causal check."""
+    causal_sequences: int = 8
+    """Sequences per feature in the causal check."""
+    position_group: str | None = "imgt"
+    """Concept group giving a per-residue position shown beside examples (stored in obs as a comma-joined string)."""
+    seed: int = 0
+    """Seed for subsampling, permutations and the layout."""
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[annotate] {message}", flush=True)
+
+
+def _groups_of(concepts: Sequence[str]) -> np.ndarray:
+    return np.asarray([c.split("=", 1)[0] if "=" in c else "" for c in concepts], dtype=object)
+
+
+def probe_groups(labels: ConceptLabels, *, level: str, max_values: int = 30, min_coverage: float = 0.5) -> list[str]:
+    """Concept groups suitable as probe targets: 2 to ``max_values`` values covering ``min_coverage`` of the rows."""
+    if level == "token":
+        matrix, table = labels.tokens, labels.token_concepts
+    elif level == "sequence":
+        matrix, table = labels.sequences, labels.sequence_concepts
+    else:
+        raise InputError(f"level must be 'token' or 'sequence', not {level!r}")
+    if matrix.shape[1] == 0 or matrix.shape[0] == 0:
+        return []
+    groups = _groups_of(table["concept"].tolist())
+    out = []
+    for g in dict.fromkeys(groups):
+        if not g:
+            continue
+        cols = np.flatnonzero(groups == g)
+        if not 2 <= len(cols) <= max_values:
+            continue
+        covered = np.asarray((matrix[:, cols].sum(1) == 1)).ravel().mean()
+        if covered >= min_coverage:
+            out.append(str(g))
+    return out
+
+
+def _token_sequence(store: ActivationStore) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+    return store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence(), store.obs()
+
+
+def _same_tokens(store: ActivationStore, other: ActivationStore) -> None:
+    a, b = store.obs(["sequence_id", "position"]), other.obs(["sequence_id", "position"])
+    if len(a) != len(b) or not (a.reset_index(drop=True) == b.reset_index(drop=True)).all().all():
+        raise InputError(f"the control store {other.path} does not hold the same tokens as {store.path}")
+
+
+def _position_strings(labels: ConceptLabels, group: str, n_seq: int, token_sequence: np.ndarray) -> list[str] | None:
+    """Per sequence, the comma-joined value of ``group`` for each residue ('' where unlabelled), or None."""
+    concepts = labels.token_concepts["concept"].tolist()
+    cols = [j for j, c in enumerate(concepts) if c.startswith(group + "=")]
+    if not cols:
+        return None
+    sub = labels.tokens[:, cols].tocsr()
+    values = np.full(sub.shape[0], "", dtype=object)
+    rows, cidx = sub.nonzero()
+    names = np.asarray([concepts[j].split("=", 1)[1] for j in cols], dtype=object)
+    values[rows] = names[cidx]
+    out: list[list[str]] = [[] for _ in range(n_seq)]
+    for s, v in zip(token_sequence.tolist(), values.tolist()):
+        out[s].append(v)
+    return [",".join(v) for v in out]
+
+
+def annotate(
+    store: ActivationStore | str | Path,
+    sae: Any,
+    labels: ConceptLabels,
+    *,
+    layer: int | None = None,
+    out: str | Path,
+    control_store: ActivationStore | str | Path | None = None,
+    control_sae: Any | None = None,
+    adapter: Adapter | None = None,
+    sequence_groups: Sequence[str] | None = None,
+    sequence_targets: pd.DataFrame | None = None,
+    extra_tables: Mapping[str, pd.DataFrame] | None = None,
+    summary_extra: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    config: AnnotateConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Catalog:
+    """Annotate the features of ``sae`` on ``store`` with ``labels`` and write the catalog to ``out``.
+
+    ``sae`` is a trained :class:`~workbench.sae.SparseAutoencoder` or its folder; ``control_store`` /
+    ``control_sae`` are the random-weight control (a store extracted with ``random_weights`` from the same inputs and
+    an SAE trained on it the same way). ``adapter`` is the model for the causal check (loaded from the store's
+    manifest when omitted and ``config.n_causal > 0``). ``sequence_groups`` gives each store sequence a group key
+    (for example the antibody a chain belongs to) so cross-validated probes never split a group; by default each
+    sequence is its own group. ``sequence_targets`` (index = sequence id) adds sequence-level probe targets;
+    ``extra_tables`` go into the catalog as they are; ``metrics`` are the SAE's fidelity metrics (read from the
+    SAE folder's ``metrics.json`` when ``sae`` is a folder). Nothing is written at ``out`` unless everything succeeds.
+    """
+    import pandas as pd
+
+    from workbench.associate import associate, feature_matrix, neuron_matrix
+    from workbench.catalog import Catalog, build_catalog, write_catalog
+    from workbench.discovery import causal_effects, missing_annotations, rediscovery, unexplained_features
+    from workbench.probes import pool, probe_sequences, probe_tokens, sequence_targets as seq_targets, token_targets
+    from workbench.sae import load_sae
+    from workbench.store import ActivationStore, open_store
+
+    cfg = config or AnnotateConfig()
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty (use overwrite)")
+    store = store if isinstance(store, ActivationStore) else open_store(store)
+    if layer is None:
+        if len(store.layers) != 1:
+            raise InputError(f"{store.path} holds layers {store.layers}: say which one")
+        layer = store.layers[0]
+    metrics = dict(metrics) if metrics is not None else _sae_metrics(sae)
+    sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
+    if labels.n_tokens != store.n_tokens:
+        raise InputError(f"the labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
+    ids, token_sequence, obs = _token_sequence(store)
+    if sequence_groups is None:
+        groups_seq = np.arange(len(ids))
+    else:
+        if len(sequence_groups) != len(ids):
+            raise InputError(f"sequence_groups has {len(sequence_groups)} entries for {len(ids)} sequences")
+        groups_seq = pd.factorize(pd.Series(list(sequence_groups), dtype=object))[0]
+    assoc_options = {"split_seed": cfg.split_seed, "n_permutations": cfg.n_permutations, "seed": cfg.seed}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        _log(progress, f"{name} ...")
+        result = fn()
+        timings[name] = round(time.perf_counter() - t0, 2)
+        _log(progress, f"{name}: {timings[name]:.1f} s")
+        return result
+
+    # -- features and association -----------------------------------------------------------------------------------
+    features = timed("SAE features", lambda: feature_matrix(store, sae, layer=layer))
+    raw = timed("raw activations", lambda: store.activations(layer))
+    neurons = neuron_matrix(store, layer=layer)
+    sae_assoc = timed("association (SAE)", lambda: associate(features, labels, ids, token_sequence, **assoc_options))
+    neuron_assoc = timed("association (neurons)", lambda: associate(neurons, labels, ids, token_sequence, **assoc_options))
+    controls: dict[str, Any] = {"neurons": neuron_assoc}
+    random_features = None
+    if (control_store is None) != (control_sae is None):
+        raise InputError("the random-weight control needs both control_store and control_sae")
+    if control_store is not None:
+        control_store = control_store if isinstance(control_store, ActivationStore) else open_store(control_store)
+        control_sae = load_sae(control_sae) if isinstance(control_sae, (str, Path)) else control_sae
+        if "random_weights_seed" not in (control_store.manifest.get("control") or {}):
+            raise InputError(f"{control_store.path} is not a random-weight control store (extract it with random_weights)")
+        _same_tokens(store, control_store)
+        random_features = timed("SAE features (random control)", lambda: feature_matrix(control_store, control_sae, layer=layer))
+        controls["random"] = timed(
+            "association (random control)", lambda: associate(random_features, labels, ids, token_sequence, **assoc_options)
+        )
+    tables: dict[str, pd.DataFrame] = {
+        "association": sae_assoc.pairs,
+        "best_sae": sae_assoc.best,
+        "best_neurons": neuron_assoc.best,
+    }
+    if "random" in controls:
+        tables["best_random"] = controls["random"].best
+
+    # -- probes -------------------------------------------------------------------------------------------------------
+    reps: dict[str, Any] = {"sae": features.values, "neurons": raw}
+    if random_features is not None:
+        reps["random_sae"] = random_features.values
+    unknown = [r for r in cfg.probe_representations if r not in ("sae", "neurons", "random_sae")]
+    if unknown:
+        raise InputError(f"unknown probe representation(s) {unknown}; use sae, neurons, random_sae")
+    reps = {name: x for name, x in reps.items() if name in cfg.probe_representations}
+    token_groups = list(cfg.token_probe_groups) if cfg.token_probe_groups is not None else probe_groups(labels, level="token")
+    seq_groups = list(cfg.sequence_probe_groups) if cfg.sequence_probe_groups is not None else probe_groups(labels, level="sequence")
+    probe_tables, weight_tables, probe_notes = [], [], []
+    if token_groups and reps:
+        tt = token_targets(labels, token_groups)
+        res = timed("token probes", lambda: _per_representation(
+            probe_tokens, reps, tt, groups_seq[token_sequence], cv=cfg.probe_cv, max_samples=cfg.probe_max_samples,
+            seed=cfg.seed))
+        probe_tables.append(res.scores)
+        weight_tables.append(res.weights)
+        probe_notes.append(res.notes)
+    pooled = {name: pool(x, token_sequence, len(ids), how="mean") for name, x in reps.items()}
+    st = seq_targets(labels, seq_groups) if seq_groups else pd.DataFrame(index=range(len(ids)))
+    if sequence_targets is not None:
+        missing = [i for i in sequence_targets.index.astype(str) if i not in set(ids)]
+        if missing:
+            raise InputError(f"sequence targets name sequences not in the store: {missing[:3]}")
+        extra = sequence_targets.reindex(ids).reset_index(drop=True)
+        st = pd.concat([st.reset_index(drop=True), extra], axis=1)
+    if st.shape[1] and reps:
+        res = timed("sequence probes", lambda: _per_representation(
+            probe_sequences, pooled, st, cv=cfg.probe_cv, seed=cfg.seed, groups=groups_seq))
+        probe_tables.append(res.scores)
+        weight_tables.append(res.weights)
+        probe_notes.append(res.notes)
+    if probe_tables:
+        tables["probes"] = pd.concat(probe_tables, ignore_index=True)
+        tables["probe_weights"] = pd.concat(weight_tables, ignore_index=True)
+        tables["probe_notes"] = pd.concat(probe_notes, ignore_index=True)
+
+    # -- discovery ----------------------------------------------------------------------------------------------------
+    missing_tab = timed("candidate missing annotations", lambda: missing_annotations(features, labels, sae_assoc, obs))
+    unexplained = timed("unexplained features", lambda: unexplained_features(features, sae_assoc, labels, obs))
+    tables["missing_annotations"] = missing_tab
+    tables["unexplained_features"] = unexplained
+    concepts = labels.token_concepts["concept"].tolist()
+    if cfg.rediscovery_groups is None:
+        chosen = None
+    else:
+        wanted = set(cfg.rediscovery_groups)
+        chosen = [c for c in concepts if c.split("=", 1)[0] in wanted]
+    if chosen is None or chosen:
+        tables["rediscovery"] = timed("rediscovery", lambda: rediscovery(
+            features, labels, obs, ids, token_sequence, concepts=chosen, withhold=cfg.rediscovery_withhold,
+            k=cfg.rediscovery_k, seed=cfg.seed, association_options={"split_seed": cfg.split_seed, "n_permutations": 0}))
+
+    # -- causal check -------------------------------------------------------------------------------------------------
+    if cfg.n_causal > 0:
+        if adapter is None:
+            from workbench.registry import load_adapter
+
+            adapter = timed("load model", lambda: load_adapter(store.manifest.get("model_source", store.model)))
+        chosen_features = _causal_choice(sae_assoc.best, unexplained, cfg.n_causal)
+        index = [int(f[1:]) for f in chosen_features]
+        tables["causal"] = timed("causal effects", lambda: causal_effects(
+            adapter, store, sae, layer=layer, features=index, feature_matrix=features, n_sequences=cfg.causal_sequences,
+            seed=cfg.seed))
+
+    # -- catalog ------------------------------------------------------------------------------------------------------
+    for name, table in (extra_tables or {}).items():
+        tables[name] = table
+    var_extra = _var_extra(features.names, tables)
+    obs_extra = None
+    if cfg.position_group:
+        strings = _position_strings(labels, cfg.position_group, len(ids), token_sequence)
+        if strings is not None:
+            obs_extra = pd.DataFrame({cfg.position_group: strings}, index=pd.Index(ids, name="sequence_id"))
+    summary = dict(summary_extra or {})
+    summary.update(_summary(tables))
+    summary["annotate_seconds"] = timings
+    adata = timed("catalog", lambda: build_catalog(
+        store, sae, features, sae_assoc, labels, layer=layer, controls=controls, metrics=metrics, tables=tables,
+        var_extra=var_extra, obs_extra=obs_extra, summary_extra=summary, seed=cfg.seed))
+    adata.uns["provenance"]["annotate_config"] = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()
+                                                  if v is not None}
+    path = write_catalog(adata, out, overwrite=overwrite)
+    _log(progress, f"catalog written to {path} in {time.perf_counter() - t_start:.0f} s")
+    return Catalog.open(path)
+
+
+def _per_representation(fn: Callable[..., Any], reps: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn`` once per representation, in parallel processes (one per core; each probe is single-threaded), combined.
+
+    Folds and subsamples depend only on the targets, groups and seed, so the per-representation runs are the same
+    experiment as one joint run.
+    """
+    import os
+
+    from joblib import Parallel, delayed
+
+    from workbench.probes import concat_results
+
+    n_jobs = max(1, min(len(reps), os.cpu_count() or 1))
+    results = Parallel(n_jobs=n_jobs, backend="loky")(delayed(fn)({name: x}, *args, **kwargs) for name, x in reps.items())
+    return concat_results(results)
+
+
+def _causal_choice(best: pd.DataFrame, unexplained: pd.DataFrame, n: int) -> list[str]:
+    """About three quarters best features of the best-captured concepts, the rest top unexplained features; either list
+    fills in when the other runs short."""
+    matched = list(dict.fromkeys(str(f) for f in best.sort_values("test_f1", ascending=False)["best_feature"]))
+    loose = [str(f) for f in unexplained.get("feature", []) if str(f) not in matched]
+    n_matched = max(n - min(len(loose), n // 4), 0)
+    chosen = matched[:n_matched] + loose[: n - min(n_matched, len(matched))]
+    return chosen[:n]
+
+
+def _var_extra(names: Sequence[str], tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-feature columns from the tables: causal effect, strongest probe weight, unexplained rank."""
+    import pandas as pd
+
+    extra = pd.DataFrame(index=pd.Index(list(names), name="feature"))
+    causal = tables.get("causal")
+    if causal is not None and len(causal):
+        c = causal.set_index(causal["feature"].map(lambda f: f if isinstance(f, str) else f"f{int(f):05d}"))
+        for col in ("kl_firing", "kl_other", "kl_ratio", "dlogp_firing", "dlogp_other"):
+            if col in c:
+                extra[f"causal_{col}"] = c[col].reindex(extra.index).astype(float)
+    weights = tables.get("probe_weights")
+    if weights is not None and len(weights):
+        w = weights[weights["representation"] == "sae"].copy()
+        if len(w):
+            w["feature"] = w["dim"].map(lambda d: names[int(d)] if 0 <= int(d) < len(names) else None)
+            w["abs"] = w["weight"].abs()
+            top = w.sort_values("abs", ascending=False).drop_duplicates("feature").set_index("feature")
+            extra["probe_target"] = (top["target"].astype(str) + "=" + top["class"].astype(str)).reindex(extra.index)
+            extra["probe_weight"] = top["weight"].reindex(extra.index).astype(float)
+    unexplained = tables.get("unexplained_features")
+    if unexplained is not None and len(unexplained):
+        extra["unexplained_rank"] = unexplained.set_index("feature")["rank"].reindex(extra.index).astype(float)
+    return extra
+
+
+def _summary(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    """Headline figures beyond what the catalog builder computes: probes, rediscovery, top discoveries."""
+    out: dict[str, Any] = {}
+    probes = tables.get("probes")
+    if probes is not None and len(probes):
+        dense = probes[probes["k"] == 0]
+        out["probes"] = {
+            f"{r.level}:{r.target}:{r.representation}": round(float(r.score), 4) for r in dense.itertuples()
+        }
+    red = tables.get("rediscovery")
+    if red is not None and len(red):
+        out["rediscovery_precision_at_k_mean"] = round(float(red["precision_at_k"].mean()), 4)
+        out["rediscovery_base_rate_mean"] = round(float(red["base_rate"].mean()), 4)
+        out["rediscovery_concepts"] = int(len(red))
+    missing = tables.get("missing_annotations")
+    if missing is not None and len(missing):
+        out["top_missing_annotations"] = [
+            f"{r.concept} in {r.sequence_id}:{r.start}-{r.end} ({r.feature}, score {r.score:.2f})" for r in missing.head(3).itertuples()
+        ]
+    unexplained = tables.get("unexplained_features")
+    if unexplained is not None and len(unexplained):
+        out["top_unexplained_features"] = [
+            f"{r.feature}: {r.top_residues}; {r.profile}" for r in unexplained.head(3).itertuples()
+        ]
+    return out
+
+
+def _sae_metrics(sae: Any) -> dict[str, Any]:
+    """The SAE folder's ``metrics.json`` when ``sae`` is a folder that has one."""
+    import json
+
+    if isinstance(sae, (str, Path)) and (Path(sae) / "metrics.json").is_file():
+        return json.loads((Path(sae) / "metrics.json").read_text())
+    return {}
+
+

@@ -1,0 +1,328 @@
+"""One-line feature descriptions from association statistics, activation profiles, and feature families.
+
+:func:`describe_features` turns the association of every feature with every concept into a short description per
+feature: the concept it captures best (named only when that pair is significant and reasonably accurate), how much
+of the feature's activation mass falls on each value of a few concept groups (for example ``region`` and ``imgt``),
+and how often it fires. :func:`feature_families` groups features by their decoder directions (Leiden clustering of
+a cosine k-nearest-neighbour graph, with scanpy) and lays them out in two dimensions (UMAP, with umap-learn), both
+deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import InputError, WorkbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from workbench.associate import Association, FeatureMatrix
+    from workbench.concepts import ConceptLabels
+
+__all__ = ["describe_features", "feature_profile", "feature_families", "DESCRIBE_ALPHA", "DESCRIBE_MIN_F1"]
+
+DESCRIBE_ALPHA = 0.05
+"""A concept is named as a feature's meaning only when the pair's Benjamini-Hochberg q-value is at most this ..."""
+DESCRIBE_MIN_F1 = 0.2
+"""... and its test F1 at least this; otherwise the description says ``weak: <concept>``."""
+_PROFILE_CLAUSE_SHARE = 0.2
+"""A concept group enters the description when its peak holds at least this share of the feature's activation mass ..."""
+_PROFILE_CLAUSE_LIFT = 1.5
+"""... and at least this many times the share of all tokens that carry it (so long regions are not named by default)."""
+_PROFILE_TOP = 3
+"""Values per group listed in the ``profile`` column."""
+
+
+def _pct(x: float) -> str:
+    """Percentages that stay informative for rare features: 61%, 2.5%, 0.34%, 0.0041%."""
+    p = float(x) * 100
+    return f"{p:.0f}%" if p >= 10 or p == 0 else f"{p:.2g}%"
+
+
+def _fmt_q(q: float) -> str:
+    if not np.isfinite(q):
+        return "nan"
+    if q <= 0:
+        return "<1e-300"
+    return f"{q:.0e}" if q < 0.01 else f"{q:.2f}"
+
+
+def feature_profile(labels: ConceptLabels, features: FeatureMatrix,
+                    group: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """Share of each feature's activation mass on each value of concept ``group``: ``(values, share, baseline)``.
+
+    The mass of a feature is the sum of its normalised activation over all tokens; the share of ``<group>=<value>``
+    is the part of that mass on tokens labelled with it (tokens without a label in the group count in no value, so
+    the shares of a feature sum to at most one); ``share`` is ``features x values`` and ``baseline`` the share of
+    all tokens carrying each value. Numeric values (positions) are sorted numerically. None when the labels hold no
+    concept of the group.
+    """
+    import scipy.sparse as sp
+
+    concepts = labels.token_concepts["concept"].astype(str).tolist()
+    prefix = group + "="
+    cols = [j for j, c in enumerate(concepts) if c.startswith(prefix)]
+    if not cols:
+        return None
+    values = [concepts[j][len(prefix):] for j in cols]
+    numeric = all(_is_int(v) for v in values)
+    order = np.argsort([int(v) for v in values], kind="stable") if numeric else np.argsort(values, kind="stable")
+    cols = [cols[i] for i in order]
+    values = [values[i] for i in order]
+    x = sp.csr_matrix(features.values, dtype=np.float32)
+    lab = sp.csr_matrix(labels.tokens[:, cols], dtype=np.float32)
+    mass = np.asarray((x.T @ lab).todense(), dtype=np.float64)
+    total = np.asarray(x.sum(0), dtype=np.float64).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(total[:, None] > 0, mass / np.where(total > 0, total, 1)[:, None], 0.0)
+    baseline = np.asarray(lab.sum(0), dtype=np.float64).ravel() / max(lab.shape[0], 1)
+    return values, share, baseline
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _peak_window(share: np.ndarray) -> tuple[int, int]:
+    """Around the largest share, the run of neighbouring values holding at least half of it (inclusive bounds)."""
+    p = int(share.argmax())
+    lo = hi = p
+    half = share[p] / 2
+    while lo > 0 and share[lo - 1] >= half:
+        lo -= 1
+    while hi < len(share) - 1 and share[hi + 1] >= half:
+        hi += 1
+    return lo, hi
+
+
+def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.ndarray, numeric: bool) -> tuple[str, str | None]:
+    """(profile text of one group for one feature, description clause or None)."""
+    if share.max() <= 0:
+        return "", None
+    if numeric:
+        lo, hi = _peak_window(share)
+        label = values[lo] if lo == hi else f"{values[lo]}-{values[hi]}"
+        peak = float(share[lo : hi + 1].sum())
+        base = float(baseline[lo : hi + 1].sum())
+        rest = np.r_[share[:lo], share[hi + 1 :]]
+        rest_values = values[:lo] + values[hi + 1 :]
+        items = [(label, peak)]
+        for i in np.argsort(-rest, kind="stable")[: _PROFILE_TOP - 1]:
+            if rest[i] >= 0.01:
+                items.append((rest_values[i], float(rest[i])))
+    else:
+        order = np.argsort(-share, kind="stable")
+        items = [(values[i], float(share[i])) for i in order[:_PROFILE_TOP] if share[i] >= 0.01]
+        label, peak, base = values[order[0]], float(share[order[0]]), float(baseline[order[0]])
+    text = f"{group}: " + ", ".join(f"{v} {_pct(s)}" for v, s in items) if items else ""
+    enriched = peak >= _PROFILE_CLAUSE_SHARE and peak >= _PROFILE_CLAUSE_LIFT * base
+    clause = f"{_pct(peak)} {group}={label}" if enriched else None
+    return text, clause
+
+
+def _top_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per feature, the pair with the best test F1 (ties: best validation F1, then smallest q)."""
+    if pairs.empty:
+        return pairs.iloc[:0].set_index("feature") if "feature" in pairs else pairs
+    top = pairs.sort_values(["test_f1", "val_f1", "q_value"], ascending=[False, False, True], kind="stable")
+    return top.drop_duplicates("feature").set_index("feature")
+
+
+def describe_features(
+    association: Association,
+    labels: ConceptLabels,
+    features: FeatureMatrix,
+    *,
+    profile_groups: Sequence[str] = ("region", "imgt"),
+    token_sequence: np.ndarray | None = None,
+    alpha: float = DESCRIBE_ALPHA,
+    min_f1: float = DESCRIBE_MIN_F1,
+) -> pd.DataFrame:
+    """A one-line description of every feature from its statistics (index = feature name).
+
+    Columns: ``top_concept``, ``top_f1``, ``top_precision``, ``top_q``, ``top_threshold`` (the feature's pair with
+    the best test F1 in ``association.pairs``; NaN when it overlaps no concept), ``profile`` (share of the feature's
+    activation mass on the top values of each of ``profile_groups`` present in ``labels``) and ``description``:
+
+    * ``"dead"`` when the feature never fires;
+    * ``"<concept> (F1 0.82, q 1e-40); 74% region=CDR3, 45% imgt=111-112"`` when the top pair has q <= ``alpha``
+      and test F1 >= ``min_f1``;
+    * ``"weak: <concept> (F1 0.12, q 0.30); fires 5% of tokens; ..."`` when it has not;
+    * ``"unexplained; fires 5% of tokens; 61% imgt=104"`` when the feature overlaps no concept.
+
+    Profile clauses appear for groups whose peak (for positions: the run of neighbouring positions holding at least
+    half the top share) carries at least 20% of the mass and at least 1.5 times the share of all tokens it labels.
+    With ``token_sequence`` (the store-order sequence index of every token) the firing clause also gives the share
+    of sequences the feature fires in.
+    """
+    import pandas as pd
+
+    n_tokens, n_features = features.values.shape
+    if labels.n_tokens != n_tokens:
+        raise WorkbenchError(f"features cover {n_tokens} tokens, labels {labels.n_tokens}: they come from different stores")
+    if len(features.names) != n_features:
+        raise InputError(f"{len(features.names)} feature names for {n_features} feature columns")
+    x = features.values.tocsc()
+    nnz = np.diff(x.indptr)
+    density = nnz / max(n_tokens, 1)
+    seq_frac = None
+    if token_sequence is not None:
+        token_sequence = np.asarray(token_sequence)
+        if len(token_sequence) != n_tokens:
+            raise WorkbenchError(f"token_sequence has {len(token_sequence)} entries for {n_tokens} tokens")
+        n_seq = int(token_sequence.max()) + 1 if len(token_sequence) else 0
+        pooled = _fires_per_sequence(x, token_sequence, n_seq)
+        seq_frac = pooled / max(n_seq, 1)
+
+    names = list(features.names)
+    top = _top_pairs(association.pairs).reindex(names)
+    out = pd.DataFrame(index=pd.Index(names, name="feature"))
+    out["top_concept"] = top["concept"].astype(object).where(top["concept"].notna(), None) if "concept" in top else None
+    for col, src in (("top_f1", "test_f1"), ("top_precision", "test_precision"), ("top_q", "q_value"),
+                     ("top_threshold", "threshold")):
+        out[col] = top[src].to_numpy(dtype=np.float64) if src in top else np.nan
+
+    profiles = []
+    for group in profile_groups:
+        prof = feature_profile(labels, features, group)
+        if prof is not None:
+            values, share, baseline = prof
+            profiles.append((group, values, share, baseline, all(_is_int(v) for v in values)))
+
+    profile_text, descriptions = [], []
+    for j in range(n_features):
+        texts, clauses = [], []
+        for group, values, share, baseline, numeric in profiles:
+            text, clause = _group_parts(group, values, share[j], baseline, numeric)
+            if text:
+                texts.append(text)
+            if clause:
+                clauses.append(clause)
+        profile_text.append("; ".join(texts))
+        if nnz[j] == 0:
+            descriptions.append("dead")
+            continue
+        fires = f"fires {_pct(density[j])} of tokens"
+        if seq_frac is not None:
+            fires += f" in {_pct(seq_frac[j])} of sequences"
+        concept = out["top_concept"].iat[j]
+        f1, q = out["top_f1"].iat[j], out["top_q"].iat[j]
+        if concept is None or not np.isfinite(f1) or f1 <= 0:
+            head = ["unexplained", fires]
+        elif q <= alpha and f1 >= min_f1:
+            head = [f"{concept} (F1 {f1:.2f}, q {_fmt_q(q)})"]
+        else:
+            head = [f"weak: {concept} (F1 {f1:.2f}, q {_fmt_q(q)})", fires]
+        parts = ["; ".join(head)]
+        if clauses:
+            parts.append(", ".join(clauses))
+        descriptions.append("; ".join(parts))
+    out["profile"] = profile_text
+    out["description"] = descriptions
+    return out
+
+
+def _fires_per_sequence(x_csc: Any, token_sequence: np.ndarray, n_seq: int) -> np.ndarray:
+    """Number of sequences in which each feature fires at least once."""
+    import scipy.sparse as sp
+
+    coo = sp.coo_matrix(x_csc)
+    pooled = sp.csr_matrix((np.ones(len(coo.row), dtype=np.float32), (token_sequence[coo.row], coo.col)),
+                           shape=(n_seq, x_csc.shape[1]))
+    pooled.sum_duplicates()
+    return np.diff(pooled.tocsc().indptr)
+
+
+def feature_families(
+    decoder: np.ndarray,
+    *,
+    n_neighbors: int = 15,
+    resolution: float = 1.0,
+    seed: int = 0,
+    dead: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Families (Leiden clusters) and a 2-D UMAP layout of features by their decoder directions.
+
+    One exact cosine k-nearest-neighbour graph is computed with scanpy (``sc.pp.neighbors(use_rep="X",
+    metric="cosine", transformer="sklearn")``); Leiden (igraph flavour, 2 iterations, ``random_state=seed``) runs on
+    its connectivities and UMAP (umap-learn, cosine, ``random_state=seed``) reuses its neighbours. Both are
+    deterministic for a seed. Features flagged in ``dead`` (boolean mask) take no part: their family is ``"dead"``
+    and their coordinates NaN. Families are numbered ``"0"``, ``"1"``, ... by decreasing size. Returns
+    ``(families (n,) str objects, umap (n, 2) float32)``.
+    """
+    decoder = np.asarray(decoder, dtype=np.float32)
+    if decoder.ndim != 2:
+        raise InputError(f"decoder must be a 2-D (features x d_in) array, not shape {decoder.shape}")
+    n = decoder.shape[0]
+    if n_neighbors < 2:
+        raise InputError(f"n_neighbors must be at least 2, not {n_neighbors}")
+    alive = np.ones(n, dtype=bool) if dead is None else ~np.asarray(dead, dtype=bool)
+    if len(alive) != n:
+        raise InputError(f"dead mask has {len(alive)} entries for {n} features")
+    families = np.full(n, "dead", dtype=object)
+    coords = np.full((n, 2), np.nan, dtype=np.float32)
+    live = np.flatnonzero(alive)
+    if len(live) == 0:
+        return families, coords
+    if len(live) < 4:  # too few for a graph: one family, a trivial layout
+        families[live] = "0"
+        coords[live] = np.c_[np.arange(len(live)), np.zeros(len(live))]
+        return families, coords
+    data = decoder[live]
+    norms = np.linalg.norm(data, axis=1, keepdims=True)
+    data = data / np.where(norms > 0, norms, 1)
+    k = min(n_neighbors, len(live) - 1)
+    labels, knn_idx, knn_dist = _leiden(data, k, resolution, seed)
+    families[live] = labels
+    coords[live] = _umap(data, k, knn_idx, knn_dist, seed)
+    return families, coords
+
+
+def _leiden(data: np.ndarray, k: int, resolution: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leiden labels (by decreasing size) plus the kNN (self first) the graph came from."""
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.AnnData(data)
+    # transformer="sklearn": exact neighbours; scanpy 1.11's default pynndescent path (above 4096 points) fails with
+    # scipy 1.17 ("csr_array has no attribute getnnz"). The igraph flavour with these options raises no warnings.
+    sc.pp.neighbors(adata, n_neighbors=k, use_rep="X", metric="cosine", transformer="sklearn", random_state=seed)
+    sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, resolution=resolution, random_state=seed)
+    raw = adata.obs["leiden"].astype(str).to_numpy()
+    uniq, counts = np.unique(raw, return_counts=True)
+    order = sorted(range(len(uniq)), key=lambda i: (-counts[i], int(uniq[i]) if uniq[i].isdigit() else 0, uniq[i]))
+    rename = {uniq[i]: str(r) for r, i in enumerate(order)}
+    labels = np.asarray([rename[v] for v in raw], dtype=object)
+    # scanpy's distance graph holds k-1 neighbours per row (self excluded); UMAP wants k with self first.
+    dist = adata.obsp["distances"].tocsr()
+    m = len(data)
+    idx = np.full((m, k), -1, dtype=np.int64)  # -1: no neighbour (umap-learn skips it)
+    idx[:, 0] = np.arange(m)
+    dst = np.zeros((m, k), dtype=np.float32)
+    for i in range(m):
+        s, e = dist.indptr[i], dist.indptr[i + 1]
+        order_i = np.argsort(dist.data[s:e], kind="stable")[: k - 1]
+        idx[i, 1 : 1 + len(order_i)] = dist.indices[s:e][order_i]
+        dst[i, 1 : 1 + len(order_i)] = dist.data[s:e][order_i]
+    return labels, idx, dst
+
+
+def _umap(data: np.ndarray, k: int, knn_idx: np.ndarray, knn_dist: np.ndarray, seed: int) -> np.ndarray:
+    import umap
+
+    init = "spectral" if len(data) > 2 * k + 2 else "random"
+    with warnings.catch_warnings():
+        # The neighbours come from scanpy's graph, so umap-learn has no search index; transform() is never needed.
+        warnings.filterwarnings("ignore", message=r".*knn_search_index.*", category=UserWarning)
+        reducer = umap.UMAP(n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1, init=init,
+                            precomputed_knn=(knn_idx, knn_dist, None))
+        return np.asarray(reducer.fit_transform(data), dtype=np.float32)
