@@ -11,14 +11,14 @@ setup: $(STAMP)
 # torch first, from the CPU wheel on this machine's disk (any other version downloads gigabytes); then the package
 # with its extras; then the Sapiens checkpoints (its setup asks for fairseq, which does not install: --no-deps).
 $(STAMP): pyproject.toml Makefile
-	@command -v hmmscan >/dev/null 2>&1 || { \
-	  echo "installing Debian's hmmer (hmmscan, for ANARCI numbering)"; \
+	@{ command -v hmmscan && command -v chromium; } >/dev/null 2>&1 || { \
+	  echo "installing Debian's hmmer (hmmscan, for ANARCI numbering) and chromium (the app's browser test)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq hmmer >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq hmmer chromium >/dev/null; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[sequence,test]'
+	$(BIN)/pip install -q -e '.[sequence,app,test]'
 	$(BIN)/pip install -q --no-deps sapiens==1.0.0
 	@touch $@
 

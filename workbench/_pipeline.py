@@ -177,6 +177,7 @@ def annotate(
             raise InputError(f"{store.path} holds layers {store.layers}: say which one")
         layer = store.layers[0]
     metrics = dict(metrics) if metrics is not None else _sae_metrics(sae)
+    sae_path = sae if isinstance(sae, (str, Path)) else None
     sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
     if labels.n_tokens != store.n_tokens:
         raise InputError(f"the labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
@@ -307,6 +308,10 @@ def annotate(
     adata = timed("catalog", lambda: build_catalog(
         store, sae, features, sae_assoc, labels, layer=layer, controls=controls, metrics=metrics, tables=tables,
         var_extra=var_extra, obs_extra=obs_extra, summary_extra=summary, seed=cfg.seed))
+    prov = adata.uns["provenance"]
+    prov["model_source"] = str(store.manifest.get("model_source", store.model))
+    if sae_path is not None:
+        prov["sae_path"] = str(Path(sae_path).resolve())
     adata.uns["provenance"]["annotate_config"] = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()
                                                   if v is not None}
     path = write_catalog(adata, out, overwrite=overwrite)

@@ -1,5 +1,5 @@
-"""Command line: ``workbench extract | train | sweep | annotate | export | models | info | demo``; thin wrappers over
-the Python API.
+"""Command line: ``workbench extract | train | sweep | annotate | export | app | models | info | demo``; thin
+wrappers over the Python API.
 
 Problems with the user's input end with one line on stderr (``workbench: error: ...``) and exit status 2;
 nothing is left behind at the output path.
@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="folder to create")
     exp.add_argument("--format", default="parquet,csv,json", help="comma-separated: parquet, csv, json")
 
+    app = sub.add_parser("app", help="explore a feature catalog in the browser (Streamlit)")
+    app.add_argument("catalog", nargs="?", help="catalog folder (default: the demo's, built first when missing)")
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--demo-out", default="demo_out", help="where the demo catalog is (or is built) without CATALOG")
+
     demo = sub.add_parser("demo", help="run a domain's demo on the bundled real data")
     demo.add_argument("--domain", default="sequence", help="domain whose demo to run (default: sequence)")
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
@@ -192,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "annotate":
         return _annotate(args)
+    if args.command == "app":
+        return _app(args)
     if args.command == "export":
         from workbench.catalog import Catalog
 
@@ -242,6 +249,33 @@ def _run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {store.path}: {store.n_sequences} sequences, {store.n_tokens} tokens, layers {store.layers}")
     return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from workbench.catalog import Catalog
+
+    if args.catalog is None:
+        path = Path(args.demo_out) / "catalog"
+        try:
+            Catalog.open(path)
+        except WorkbenchError:
+            print(f"no demo catalog at {path}: building it first (workbench demo --out {args.demo_out})")
+            _run(build_parser().parse_args(["demo", "--out", args.demo_out]))
+    else:
+        path = Path(args.catalog)
+    Catalog.open(path)  # a clear one-line error now rather than in the page
+    try:
+        from apps.workbench_app import APP_SCRIPT
+    except ImportError as exc:
+        raise WorkbenchError(f"the app is not installed ({exc}); install the package with its 'app' extra") from None
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), "--server.port", str(args.port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+               "--", "--catalog", str(path.resolve())]
+    print(f"serving {path} on http://localhost:{args.port}")
+    return subprocess.call(command)
 
 
 def _annotate(args: argparse.Namespace) -> int:

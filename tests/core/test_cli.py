@@ -134,3 +134,12 @@ def test_models_lists_cards(capsys) -> None:  # type: ignore[no-untyped-def]
     out = capsys.readouterr().out
     for name in ("antiberty", "sapiens-vh", "sapiens-vl", "esm2_t6_8M_UR50D", "esm2_t33_650M_UR50D"):
         assert name in out
+
+
+def test_app_refuses_a_folder_that_is_not_a_catalog(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from workbench.cli import main
+
+    (tmp_path / "notacatalog").mkdir()
+    assert main(["app", str(tmp_path / "notacatalog"), "--port", "8599"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("workbench: error:") and len(err.splitlines()) == 1

@@ -9,14 +9,11 @@ import pytest
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 
-def test_demo_builds_a_complete_catalog_and_reuses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_builds_a_complete_catalog_and_reuses_it(demo_catalog: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from domains.sequence.demo import DemoConfig, run
     from workbench.catalog import Catalog
 
-    cfg = DemoConfig(n_antibodies=120, width=1024, k=16, n_tokens=150_000)
-    catalog = run(tmp_path, progress=False, config=cfg)
-    printed = capsys.readouterr().out
-    assert "concepts captured" in printed and str(tmp_path / "catalog") in printed
+    catalog = Catalog.open(demo_catalog)
     s = catalog.summary
     assert s["n_sequences"] == 240 and s["n_features"] == 1024
     for key in ("concepts_captured_sae", "concepts_captured_neurons", "concepts_captured_random"):
@@ -35,7 +32,9 @@ def test_demo_builds_a_complete_catalog_and_reuses_it(tmp_path: Path, capsys: py
     fid = catalog.features.sort_values("top_f1", ascending=False).index[0]
     examples = catalog.examples(fid)
     assert examples and len(examples[0][2]) == len(examples[0][3])
+    assert catalog.provenance["model_source"] == "antiberty" and Path(catalog.provenance["sae_path"]).is_dir()
     # A second run reuses everything and only prints the summary.
-    again = run(tmp_path, progress=False, config=cfg)
-    assert again.summary == s and "reusing" in capsys.readouterr().out
-    assert Catalog.open(tmp_path / "catalog").summary["n_concepts"] == s["n_concepts"]
+    cfg = DemoConfig(n_antibodies=120, width=1024, k=16, n_tokens=150_000)
+    again = run(demo_catalog.parent, progress=False, config=cfg)
+    printed = capsys.readouterr().out
+    assert again.summary == s and "reusing" in printed and "concepts captured" in printed

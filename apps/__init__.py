@@ -1,0 +1,1 @@
+"""Streamlit apps for domain scientists (run with ``workbench app``)."""

@@ -1,0 +1,484 @@
+"""Rendering and cached-data helpers shared by the catalog explorer's pages.
+
+Pure helpers (no Streamlit call): number formatting (:func:`fmt_num`, :func:`fmt_q`, :func:`fmt_pct`), IMGT
+positions (:func:`parse_positions`, :func:`imgt_region`, :data:`IMGT_REGIONS`), activation colours
+(:func:`activation_color`) and HTML for residues coloured by activation (:func:`residues_html`,
+:func:`examples_html`, :func:`legend_html`); every text that goes into HTML is escaped.
+
+Streamlit helpers: :func:`feature_maxima` (a feature's per-sequence maxima, the catalog's ``X`` column, read
+lazily and cached), :func:`cached_feature`, :func:`cached_neighbors`, :func:`cached_search`, :func:`feature_labels`,
+:func:`example_rows` and :func:`open_feature` (select a feature and go to the feature browser). Cached functions
+are keyed on the catalog file path (``str(cat.path)``) and the feature id, so they stay valid across reruns and
+sessions of one server process and never mix two catalogs.
+
+The signatures here are stable: other pages import them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import scipy.sparse
+
+    from workbench.catalog import Catalog
+
+__all__ = [
+    "IMGT_REGIONS", "CDR_COLOURS", "FEATURES_PAGE", "ResidueRow", "fmt_num", "fmt_q", "fmt_pct", "is_missing", "md_escape",
+    "activation_color", "parse_positions", "imgt_region", "tokens_of", "residues_html", "examples_html",
+    "legend_html", "feature_maxima", "cached_feature", "cached_neighbors", "cached_search", "feature_labels",
+    "example_rows", "open_feature", "resolve_feature",
+]
+
+FEATURES_PAGE = "app_pages/features.py"
+"""The feature browser's page path (relative to ``app.py``), for ``st.switch_page``."""
+
+IMGT_REGIONS: tuple[tuple[str, int, int], ...] = (
+    ("FR1", 1, 26), ("CDR1", 27, 38), ("FR2", 39, 55), ("CDR2", 56, 65), ("FR3", 66, 104), ("CDR3", 105, 117),
+    ("FR4", 118, 128),
+)
+"""IMGT regions of an antibody variable domain: ``(name, first, last)`` position, inclusive."""
+
+CDR_COLOURS = {"CDR1": "#cfe3f7", "CDR2": "#d5f0d0", "CDR3": "#f9dcc4"}
+"""Background of the IMGT-number header cells of each CDR."""
+
+_HOT = (214, 39, 40)
+"""RGB of a residue at the feature's maximum activation (alpha scales with the activation)."""
+
+
+# ------------------------------------------------------------------------------------------------------------ formatting
+def is_missing(value: Any) -> bool:
+    """True for ``None``, NaN, ``pd.NA`` / ``NaT`` (scalars only: containers are never missing)."""
+    if value is None:
+        return True
+    import pandas as pd
+
+    try:
+        result = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return bool(result) if isinstance(result, (bool, np.bool_)) else False
+
+
+def fmt_num(value: Any, *, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits (``"–"`` when missing, text passes through)."""
+    if is_missing(value):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.{digits}g}"
+
+
+def fmt_q(value: Any) -> str:
+    """A p/q-value: ``<1e-300`` for 0, scientific below 0.001, else three decimals."""
+    if is_missing(value):
+        return "–"
+    q = float(value)
+    if q <= 0:
+        return "<1e-300"
+    if q < 1e-3:
+        return f"{q:.0e}"
+    return f"{q:.3f}"
+
+
+def fmt_pct(value: Any, *, digits: int = 2) -> str:
+    """A fraction as a percentage with ``digits`` significant digits."""
+    if is_missing(value):
+        return "–"
+    return f"{100 * float(value):.{digits}g}%"
+
+
+def md_escape(text: Any) -> str:
+    """``text`` with Markdown and HTML specials backslash-escaped, for ``st.markdown`` (``IGHV1-3*01``, ``q <1e-300``)."""
+    out = []
+    for ch in str(text):
+        out.append("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>~$:" else ch)
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------------ residues
+def activation_color(a: float) -> str:
+    """CSS background for a normalised activation ``a`` in [0, 1] (transparent at 0, full red at 1)."""
+    if is_missing(a) or a <= 0:
+        return "transparent"
+    alpha = 0.12 + 0.88 * min(float(a), 1.0)
+    return f"rgba({_HOT[0]},{_HOT[1]},{_HOT[2]},{alpha:.2f})"
+
+
+def parse_positions(text: Any, n: int | None = None) -> list[int | None] | None:
+    """The IMGT position of every residue from an ``obs["imgt"]`` string (``"1,2,3,,5"``; empty = unnumbered).
+
+    Returns None when ``text`` is missing, holds no number at all, or (given ``n``) does not have ``n`` entries.
+    """
+    if is_missing(text):
+        return None
+    parts = str(text).split(",")
+    if n is not None and len(parts) != n:
+        return None
+    out: list[int | None] = []
+    for p in parts:
+        p = p.strip()
+        digits = p.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # tolerate insertion letters (111A)
+        out.append(int(digits) if digits.isdigit() else None)
+    return out if any(v is not None for v in out) else None
+
+
+def imgt_region(position: int | None) -> str | None:
+    """The IMGT region (``FR1`` ... ``FR4``, ``CDR1`` ... ``CDR3``) of a position, None outside 1-128."""
+    if position is None:
+        return None
+    for name, lo, hi in IMGT_REGIONS:
+        if lo <= position <= hi:
+            return name
+    return None
+
+
+def tokens_of(sequence: str, separator: str = "") -> list[str]:
+    """The residues (tokens) of an ``obs["sequence"]`` string (``separator`` = ``provenance["sequence_separator"]``)."""
+    return sequence.split(separator) if separator else list(sequence)
+
+
+@dataclass
+class ResidueRow:
+    """One sequence to draw: a label, its residues, their activations (0..1) and optional IMGT positions."""
+
+    label: str
+    tokens: list[str]
+    activations: np.ndarray
+    positions: list[int | None] | None = None
+    note: str = ""
+    """Shown after the label (for example the activation quantile)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_STYLE = (
+    "<style>"
+    ".wbx{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;line-height:1.5}"
+    ".wbx table{border-collapse:collapse;border:none;margin:0;width:auto}"
+    ".wbx td,.wbx th{padding:0 1px;border:none;text-align:center;white-space:nowrap;background:none}"
+    ".wbx td.l{text-align:left;padding-right:8px;font-family:sans-serif;font-size:12px}"
+    ".wbx td.g{color:#bbb}"
+    ".wbx td.n{font-size:9px;color:#666;writing-mode:vertical-rl;transform:rotate(180deg);height:26px;"
+    "vertical-align:bottom;text-align:left}"
+    ".wbx td.r{font-size:11px;color:#888;border-bottom:1px solid #ccc}"
+    ".wbx td.c{font-size:11px;font-weight:600;color:#333}"
+    ".wbx span.a{padding:0 1px;border-radius:2px}"
+    ".wbx .w{color:#fff}"
+    ".wbx .k{color:#888}"
+    ".wbx .s{word-break:break-all}"
+    "</style>"
+)
+"""CSS of the residue views (scoped to ``.wbx``; the ``<style>`` sits inside the block so HTML sanitisers keep it)."""
+
+
+def _residue(token: str, a: float, tip: str | None) -> str:
+    """A residue: plain text when the feature is silent there, else a coloured span with a tooltip."""
+    if not a > 0:
+        return html.escape(token)
+    cls = "a w" if a > 0.6 else "a"
+    title = f' title="{html.escape(tip)}"' if tip else ""
+    return f'<span class="{cls}" style="background:{activation_color(a)}"{title}>{html.escape(token)}</span>'
+
+
+def _label_html(row: ResidueRow) -> str:
+    note = f' <span class="k">{html.escape(row.note)}</span>' if row.note else ""
+    return f"<b>{html.escape(row.label)}</b>{note}"
+
+
+def _residues_block(row: ResidueRow) -> str:
+    acts = np.asarray(row.activations, dtype=np.float32)
+    parts = []
+    for i, tok in enumerate(row.tokens):
+        a = float(acts[i]) if i < len(acts) else 0.0
+        imgt = row.positions[i] if row.positions is not None and i < len(row.positions) else None
+        tip = f"{tok} {i + 1}" + (f" · IMGT {imgt}" if imgt is not None else "") + f" · {a:.2f}"
+        parts.append(_residue(tok, a, tip))
+        if (i + 1) % 10 == 0:
+            parts.append(" ")
+    return f'<div style="margin:2px 0 6px 0">{_label_html(row)}<div class="s">{"".join(parts)}</div></div>'
+
+
+def residues_html(row: ResidueRow) -> str:
+    """One sequence as wrapped residues coloured by activation (a space every 10 residues; tooltips on firing
+    residues give the residue, its 1-based position, IMGT position and activation). Self-contained HTML."""
+    return f'<div class="wbx">{_STYLE}{_residues_block(row)}</div>'
+
+
+def _column_keys(positions: list[int | None]) -> list[tuple[int, int]]:
+    """Column key of every residue: ``(0, 0)`` before the first numbered residue, ``(1, pos)`` for numbered residues
+    and unnumbered ones between them (they join the previous position, like insertions), ``(2, 0)`` after the last."""
+    numbered = [i for i, p in enumerate(positions) if p is not None]
+    first, last = (numbered[0], numbered[-1]) if numbered else (len(positions), -1)
+    keys = []
+    current = None
+    for i, p in enumerate(positions):
+        if i < first:
+            keys.append((0, 0))
+        elif i > last:
+            keys.append((2, 0))
+        else:
+            if p is not None:
+                current = p
+            keys.append((1, int(current if current is not None else 0)))
+    return keys
+
+
+def _runs(columns: list[tuple[int, int]], region_of: dict[tuple[int, int], str | None]) -> list[list[tuple[int, int]]]:
+    """Consecutive columns of one IMGT region (or of no region)."""
+    runs: list[list[tuple[int, int]]] = []
+    for k in columns:
+        if runs and region_of[runs[-1][-1]] == region_of[k]:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+def _blocks(columns: list[tuple[int, int]], region_of: dict[tuple[int, int], str | None],
+            max_columns: int) -> list[list[tuple[int, int]]]:
+    """Columns cut into blocks of at most ``max_columns``, at region boundaries where possible."""
+    blocks: list[list[tuple[int, int]]] = [[]]
+    for run in _runs(columns, region_of):
+        while len(run) > max_columns:  # a region wider than a block is cut
+            if blocks[-1]:
+                blocks.append([])
+            blocks[-1].extend(run[:max_columns])
+            blocks.append([])
+            run = run[max_columns:]
+        if blocks[-1] and len(blocks[-1]) + len(run) > max_columns:
+            blocks.append([])
+        blocks[-1].extend(run)
+    return [b for b in blocks if b]
+
+
+def _aligned_table(rows: Sequence[ResidueRow], cells: list[dict[tuple[int, int], list[int]]],
+                   columns: list[tuple[int, int]], region_of: dict[tuple[int, int], str | None]) -> str:
+    band = ['<td class="l"></td>']  # region band: consecutive columns of one region share a cell
+    for run in _runs(columns, region_of):
+        name = region_of[run[0]]
+        if name in CDR_COLOURS:
+            lo, hi = next((a, b) for n, a, b in IMGT_REGIONS if n == name)
+            band.append(f'<td colspan="{len(run)}" class="c" style="background:{CDR_COLOURS[name]}" '
+                        f'title="IMGT {name}: {lo}-{hi}">{name}</td>')
+        else:
+            band.append(f'<td colspan="{len(run)}" class="r">{html.escape(name or "")}</td>')
+    numbers = ['<td class="l k">IMGT</td>']
+    for k in columns:
+        name = region_of[k]
+        bg = f' style="background:{CDR_COLOURS[name]}"' if name in CDR_COLOURS else ""
+        numbers.append(f'<td class="n"{bg}>{k[1] if k[0] == 1 else "·"}</td>')
+    body = []
+    for row, by_key in zip(rows, cells):
+        acts = np.asarray(row.activations, dtype=np.float32)
+        tds = [f'<td class="l">{_label_html(row)}</td>']
+        for k in columns:
+            idx = by_key.get(k)
+            if not idx:
+                tds.append('<td class="g">-</td>')
+                continue
+            parts = []
+            for i in idx:
+                a = float(acts[i]) if i < len(acts) else 0.0
+                pos = row.positions[i] if row.positions is not None else None
+                where = f"IMGT {pos}" if pos is not None else f"IMGT {k[1]} (insertion)" if k[0] == 1 else "unnumbered"
+                parts.append(_residue(row.tokens[i], a, f"{row.tokens[i]} {i + 1} · {where} · {a:.2f}"))
+            tds.append(f"<td>{''.join(parts)}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return (f'<div style="overflow-x:auto;padding-bottom:6px"><table><tr>{"".join(band)}</tr>'
+            f'<tr>{"".join(numbers)}</tr>{"".join(body)}</table></div>')
+
+
+def _aligned_html(rows: Sequence[ResidueRow], max_columns: int) -> str:
+    """Rows aligned with a column per IMGT position (insertions share their position's column), in blocks of at most
+    ``max_columns`` columns cut at region boundaries (each block repeats the row labels)."""
+    cells: list[dict[tuple[int, int], list[int]]] = []
+    for row in rows:
+        keys = _column_keys(list(row.positions or [None] * len(row.tokens)))
+        by_key: dict[tuple[int, int], list[int]] = {}
+        for i, k in enumerate(keys):
+            by_key.setdefault(k, []).append(i)
+        cells.append(by_key)
+    columns = sorted({k for c in cells for k in c})
+    region_of = {k: (imgt_region(k[1]) if k[0] == 1 else None) for k in columns}
+    return "".join(_aligned_table(rows, cells, block, region_of) for block in _blocks(columns, region_of, max_columns))
+
+
+def examples_html(rows: Sequence[ResidueRow], *, align: bool = True, max_columns: int = 70) -> str:
+    """Self-contained HTML (for ``st.html``) for example sequences coloured by activation: aligned on IMGT positions
+    (a column per position with its IMGT number above, CDR1 27-38 / CDR2 56-65 / CDR3 105-117 marked; tables of at
+    most ``max_columns`` positions, cut at region boundaries) when ``align``, else one wrapped line per sequence; rows
+    without positions (unnumbered sequences) come as wrapped lines after the aligned ones. All text is escaped."""
+    if not rows:
+        return ""
+    numbered = [r for r in rows if r.positions is not None] if align else []
+    inner = _aligned_html(numbered, max(1, int(max_columns))) if numbered else ""
+    inner += "".join(_residues_block(r) for r in rows if not numbered or r.positions is None)
+    return f'<div class="wbx">{_STYLE}{inner}</div>'
+
+
+def legend_html() -> str:
+    """A small colour scale: activation as a fraction of the feature's maximum."""
+    steps = "".join(f'<span style="background:{activation_color(a)};padding:0 6px">&nbsp;</span>'
+                    for a in np.linspace(0.05, 1.0, 10))
+    return (f'<div style="font-size:12px;color:#666">activation (fraction of the feature\'s max): 0 {steps} 1'
+            "</div>")
+
+
+# ------------------------------------------------------------------------------------------------------------ cached data
+def _x_csc(cat: Catalog) -> scipy.sparse.csc_matrix | None:
+    """The catalog's ``X`` (sequences x features, per-sequence max) as CSC, read once per server (None if dense)."""
+    import streamlit as st
+
+    @st.cache_resource(show_spinner="Reading per-sequence activations ...", max_entries=4)
+    def _load(path: str, _cat: Any) -> Any:
+        import h5py
+        import scipy.sparse as sp
+
+        with h5py.File(path, "r") as h5:
+            node = h5["X"]
+            if not isinstance(node, h5py.Group):
+                return None
+            enc = str(node.attrs.get("encoding-type", ""))
+            shape = tuple(int(s) for s in node.attrs["shape"])
+            parts = (np.asarray(node["data"]), np.asarray(node["indices"]), np.asarray(node["indptr"]))
+        if enc == "csc_matrix":
+            return sp.csc_matrix(parts, shape=shape)
+        return sp.csr_matrix(parts, shape=shape).tocsc()
+
+    return _load(str(cat.path), cat)
+
+
+def feature_maxima(cat: Catalog, fid: str) -> np.ndarray:
+    """The feature's normalised max activation in every sequence where it fires (``X`` column, zeros dropped)."""
+    import streamlit as st
+
+    @st.cache_data(show_spinner=False, max_entries=512)
+    def _column(path: str, fid: str, _cat: Any) -> np.ndarray:
+        j = int(_cat.features.index.get_loc(_cat.feature_id(fid)))
+        m = _x_csc(_cat)
+        if m is None:
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                col = np.asarray(h5["X"][:, j], dtype=np.float32)
+            return col[col > 0]
+        a, b = m.indptr[j], m.indptr[j + 1]
+        col = np.asarray(m.data[a:b], dtype=np.float32)
+        return col[col > 0]
+
+    return _column(str(cat.path), str(fid), cat)
+
+
+def cached_feature(cat: Catalog, fid: str, *, n_concepts: int = 25) -> dict[str, Any]:
+    """:meth:`Catalog.feature` (row, ``concepts`` pairs by test F1, ``examples``), cached per catalog and feature."""
+    import streamlit as st
+
+    @st.cache_data(show_spinner=False, max_entries=256)
+    def _feature(path: str, fid: str, n_concepts: int, _cat: Any) -> dict[str, Any]:
+        return _cat.feature(fid, n_concepts=n_concepts)
+
+    return _feature(str(cat.path), str(fid), n_concepts, cat)
+
+
+def cached_neighbors(cat: Catalog, fid: str, *, k: int = 10) -> pd.DataFrame:
+    """:meth:`Catalog.neighbors` (nearest decoder directions), cached per catalog, feature and ``k``."""
+    import streamlit as st
+
+    @st.cache_data(show_spinner=False, max_entries=512)
+    def _neighbors(path: str, fid: str, k: int, _cat: Any) -> Any:
+        return _cat.neighbors(fid, k)
+
+    return _neighbors(str(cat.path), str(fid), k, cat)
+
+
+def cached_search(cat: Catalog, query: str, *, limit: int = 50) -> pd.DataFrame:
+    """:meth:`Catalog.search` (id, concept substring, description words), cached per catalog and query."""
+    import streamlit as st
+
+    @st.cache_data(show_spinner=False, max_entries=256)
+    def _search(path: str, query: str, limit: int, _cat: Any) -> Any:
+        return _cat.search(query, limit=limit)
+
+    return _search(str(cat.path), query.strip(), limit, cat)
+
+
+def feature_labels(cat: Catalog) -> dict[str, str]:
+    """``{feature id: "f00042 · top concept"}`` for selectboxes (built once per catalog, shared, do not modify)."""
+    import streamlit as st
+
+    @st.cache_resource(show_spinner=False, max_entries=4)
+    def _labels(path: str, _cat: Any) -> dict[str, str]:
+        var = _cat.features
+        ids = [str(i) for i in var.index]
+        top = var["top_concept"].astype(object).to_numpy() if "top_concept" in var else [None] * len(ids)
+        dead = (var["density"].to_numpy() <= 0) if "density" in var else np.zeros(len(ids), dtype=bool)
+        out = {}
+        for fid, c, d in zip(ids, top, dead):
+            out[fid] = f"{fid} · dead" if d else (f"{fid} · {c}" if not is_missing(c) else f"{fid} · unexplained")
+        return out
+
+    return _labels(str(cat.path), cat)
+
+
+def example_rows(cat: Catalog, fid: str, *, use_imgt: bool = True) -> list[ResidueRow]:
+    """The feature's examples (:meth:`Catalog.examples`) as :class:`ResidueRow` s, with IMGT positions from
+    ``obs["imgt"]`` when the catalog has that column and ``use_imgt``. ``row.extra`` holds ``kind``,
+    ``sequence_id`` and ``max`` (the sequence's max activation)."""
+    sep = str(cat.provenance.get("sequence_separator") or "")
+    examples = cached_feature(cat, fid)["examples"]
+    obs = cat.sequences
+    has_imgt = use_imgt and "imgt" in obs.columns
+    rows = []
+    for ex in examples:
+        tokens = tokens_of(ex.sequence, sep)
+        positions = parse_positions(obs.at[ex.sequence_id, "imgt"], len(tokens)) if has_imgt else None
+        top = float(np.max(ex.activations)) if len(ex.activations) else 0.0
+        note = f"max {top:.2f}" if ex.kind == "top" else f"{ex.kind} · max {top:.2f}"
+        rows.append(ResidueRow(label=str(ex.sequence_id), tokens=tokens, activations=np.asarray(ex.activations),
+                               positions=positions, note=note,
+                               extra={"kind": str(ex.kind), "sequence_id": str(ex.sequence_id), "max": top}))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------ navigation
+def resolve_feature(cat: Catalog, value: Any) -> str | None:
+    """The catalog's id for ``value`` (an id such as ``f00042``, a number, ``"42"``), None when it names no feature."""
+    from workbench.errors import WorkbenchError
+
+    if is_missing(value) or str(value).strip() == "":
+        return None
+    try:
+        return cat.feature_id(value if isinstance(value, (int, np.integer)) else str(value).strip())
+    except (WorkbenchError, ValueError, TypeError, IndexError):
+        return None
+
+
+def open_feature(fid: str) -> None:
+    """Select ``fid`` and go to the feature browser (``?feature=fid``); when the page runs outside the app's
+    navigation (a page script run on its own) it stays put and says where to look. Call it from the script body
+    (``if st.button(...): open_feature(fid)``), not from a widget callback."""
+    import streamlit as st
+    from streamlit.errors import StreamlitAPIException
+
+    from apps.workbench_app._state import select_feature
+
+    select_feature(fid)
+    try:
+        st.switch_page(FEATURES_PAGE, query_params={"feature": fid})
+    except StreamlitAPIException:
+        st.info(f"Selected {fid}: open the Feature browser page to see it.")

@@ -1,0 +1,335 @@
+"""Feature browser: search features, then everything the catalog knows about one of them.
+
+The feature shown is, in order: a new ``?feature=f00042`` query parameter (links and bookmarks), the feature other
+pages selected (``st.session_state["feature"]``), else the first feature that fires. The query parameter is kept in
+step with the feature shown, so the address bar always bookmarks the current feature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from apps.workbench_app import _views as views
+from apps.workbench_app._state import get_catalog, select_feature
+from workbench.errors import WorkbenchError
+
+# Session keys. SEEN: the last ``?feature=`` value this page acted on (a query value is followed only when it changes).
+SEEN = "_fb_qp_seen"
+PICK_ALL = "_fb_pick"
+PICK_HITS = "_fb_pick_hits"
+QUERY = "_fb_query"
+ALIGN = "_fb_align"
+
+
+def _default_feature(cat: Any) -> str:
+    var = cat.features
+    live = np.flatnonzero(var["density"].to_numpy() > 0) if "density" in var else np.zeros(0, dtype=int)
+    return str(var.index[int(live[0]) if len(live) else 0])
+
+
+def _current_feature(cat: Any) -> str:
+    """The feature to show (see the module docstring); a bad id gives a warning and falls back."""
+    ss = st.session_state
+    qp = st.query_params.get("feature")
+    chosen = None
+    if qp is not None and qp.strip() and qp != ss.get(SEEN):
+        ss[SEEN] = qp
+        chosen = views.resolve_feature(cat, qp)
+        if chosen is None:
+            st.warning(f"No feature {qp!r} in this catalog (ids run from {cat.features.index[0]} to "
+                       f"{cat.features.index[-1]}); showing another feature instead.")
+    if chosen is None:
+        asked = ss.get("feature")
+        chosen = views.resolve_feature(cat, asked)
+        if chosen is None and not views.is_missing(asked) and str(asked).strip():
+            st.warning(f"No feature {str(asked)!r} in this catalog; showing another feature instead.")
+    if chosen is None:
+        chosen = _default_feature(cat)
+    select_feature(chosen)
+    if st.query_params.get("feature") != chosen:
+        st.query_params["feature"] = chosen
+    ss[SEEN] = chosen
+    return chosen
+
+
+def _on_pick(key: str) -> None:
+    value = st.session_state.get(key)
+    if value:
+        select_feature(str(value))
+
+
+def _pick(cat: Any, fid: str) -> None:
+    """Search box, results table and the feature selectbox."""
+    labels = views.feature_labels(cat)
+    left, right = st.columns([2, 3])
+    query = left.text_input("Search features", key=QUERY, placeholder="id (f00042, 42), concept (CDR3) or description words",
+                            help="A feature id or number, part of a concept name (ranked by test F1), or words that all "
+                                 "occur in the description.")
+    query = (query or "").strip()
+    if not query:
+        st.session_state[PICK_ALL] = fid
+        right.selectbox("Feature", list(labels), key=PICK_ALL, format_func=lambda f: labels.get(f, f),
+                        on_change=_on_pick, args=(PICK_ALL,))
+        return
+    hits = views.cached_search(cat, query, limit=50)
+    if hits.empty:
+        right.selectbox("Feature (search results)", [], key=PICK_HITS, placeholder="no match")
+        st.info(f"No feature matches {query!r}.")
+        return
+    options = [str(f) for f in hits["feature"]]
+    st.session_state[PICK_HITS] = fid if fid in options else None
+    right.selectbox(f"Feature ({len(options)} search result{'s' if len(options) != 1 else ''})", options, key=PICK_HITS,
+                    format_func=lambda f: labels.get(f, f), on_change=_on_pick, args=(PICK_HITS,),
+                    placeholder="pick a result")
+    with st.expander(f"Search results for {query!r}", expanded=True):
+        st.dataframe(hits, hide_index=True, width="stretch",
+                     column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f")})
+
+
+def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
+    st.header(fid)
+    desc = info.get("description")
+    st.markdown(f"**Description:** {views.md_escape(desc if not views.is_missing(desc) else 'none')}")
+    if not views.is_missing(info.get("profile")):
+        st.caption(f"Activation profile: {views.md_escape(info['profile'])}")
+    n_seq = cat.summary.get("n_sequences") or len(cat.sequences)
+    top = info.get("top_concept")
+    if views.is_missing(top):
+        st.markdown("**Top concept:** none (overlaps no labelled concept)")
+    else:
+        st.markdown(f"**Top concept:** `{top}` — test F1 {views.fmt_num(info.get('top_f1'))}, precision "
+                    f"{views.fmt_num(info.get('top_precision'))}, q {views.md_escape(views.fmt_q(info.get('top_q')))}, "
+                    f"threshold {views.fmt_num(info.get('top_threshold'))} of its max")
+    cols = st.columns(6)
+    cols[0].metric("Density", views.fmt_pct(info.get("density"), digits=3), help="Fraction of the analysed tokens it fires on")
+    cols[1].metric("Max activation", views.fmt_num(info.get("max_activation")),
+                   help="In SAE units; examples are normalised by it")
+    cols[2].metric("Sequences", views.fmt_num(info.get("n_sequences")),
+                   help=f"Sequences (of {views.fmt_num(n_seq)}) in which it fires at least once")
+    cols[3].metric("Test F1", views.fmt_num(info.get("top_f1")),
+                   help="Of its top concept: precision x domain-level recall on the test half")
+    cols[4].metric("q-value", views.fmt_q(info.get("top_q")), help="Benjamini-Hochberg q of the hypergeometric enrichment")
+    cols[5].metric("Family", str(info.get("family", "–")), help="Leiden cluster of decoder directions")
+
+
+def _histogram(cat: Any, fid: str) -> None:
+    import altair as alt
+    import pandas as pd
+
+    st.subheader("Activation histogram")
+    values = views.feature_maxima(cat, fid)
+    n_seq = int(cat.summary.get("n_sequences") or len(cat.sequences))
+    if len(values) == 0:
+        st.info("The feature fires in no analysed sequence.")
+        return
+    counts, edges = np.histogram(values, bins=20, range=(0.0, 1.0))
+    frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "sequences": counts})
+    chart = alt.Chart(frame).mark_bar(color="#d62728").encode(
+        x=alt.X("from:Q", bin="binned", title="max activation in the sequence (fraction of the feature's max)",
+                scale=alt.Scale(domain=[0, 1])),
+        x2="to:Q", y=alt.Y("sequences:Q", title="sequences"),
+        tooltip=[alt.Tooltip("from:Q", format=".2f"), alt.Tooltip("to:Q", format=".2f"), "sequences:Q"],
+    ).properties(height=220)
+    st.altair_chart(chart, width="stretch")
+    st.caption(f"Fires in {len(values):,} of {n_seq:,} sequences; median of the per-sequence maxima "
+               f"{float(np.median(values)):.2f}.")
+
+
+_ASSOC_COLUMNS = ["concept", "test_f1", "test_precision", "test_recall", "test_domain_recall", "threshold", "q_value",
+                  "val_f1", "tp", "n_active", "n_labelled"]
+
+
+def _associations(cat: Any, fid: str, info: dict[str, Any]) -> None:
+    st.subheader("Concept associations")
+    pairs = info.get("concepts")
+    if pairs is None:
+        st.info("This catalog has no association table.")
+        return
+    if len(pairs) == 0:
+        st.info("The feature overlaps no labelled concept.")
+    else:
+        cols = [c for c in _ASSOC_COLUMNS if c in pairs.columns]
+        shown = pairs[cols].copy()
+        if "q_value" in shown:
+            shown["q_value"] = [views.fmt_q(q) for q in shown["q_value"]]
+        st.dataframe(shown, hide_index=True, width="stretch", height=min(36 + 35 * len(pairs), 300),
+                     column_config={
+                         "test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
+                         "test_precision": st.column_config.NumberColumn("precision", format="%.3f"),
+                         "test_recall": st.column_config.NumberColumn("recall", format="%.3f"),
+                         "test_domain_recall": st.column_config.NumberColumn("domain recall", format="%.3f"),
+                         "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
+                         "q_value": st.column_config.TextColumn("q"),
+                     })
+        st.caption("One row per concept at the pair's chosen threshold (fraction of the feature's max, picked on the "
+                   "validation half); F1 = precision x domain-level recall on the test half.")
+    top = info.get("top_concept")
+    if views.is_missing(top):
+        return
+    own = pairs[pairs["concept"].astype(str) == str(top)] if pairs is not None and len(pairs) else None
+    own_val = float(own["val_f1"].iloc[0]) if own is not None and len(own) and "val_f1" in own else float("nan")
+    rows = [{"unit": fid, "set": "this feature", "test_f1": info.get("top_f1"), "val_f1": own_val,
+             "threshold": info.get("top_threshold"), "q_value": info.get("top_q")}]
+    for table, name in (("best_sae", "best SAE feature"), ("best_neurons", "best neuron"),
+                        ("best_random", "best random-control feature")):
+        if table not in cat.tables:
+            continue
+        best = cat.table(table)
+        hit = best[best["concept"].astype(str) == str(top)]
+        if len(hit):
+            r = hit.iloc[0]
+            rows.append({"unit": str(r.get("best_feature")), "set": name, "test_f1": r.get("test_f1"),
+                         "val_f1": r.get("val_f1"), "threshold": r.get("threshold"), "q_value": r.get("q_value")})
+    import pandas as pd
+
+    st.markdown(f"**Controls for its top concept** `{top}`")
+    controls = pd.DataFrame(rows)
+    controls["q_value"] = [views.fmt_q(q) for q in controls["q_value"]]
+    st.dataframe(controls, hide_index=True, width="stretch",
+                 column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
+                                "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
+                                "q_value": st.column_config.TextColumn("q")})
+    missing = [n for t, n in (("best_neurons", "neurons"), ("best_random", "random-weight control")) if t not in cat.tables]
+    if missing:
+        st.caption(f"Not run for this catalog: {', '.join(missing)}. Best units are chosen on validation F1.")
+    else:
+        st.caption("Best units are chosen on validation F1 (neurons = the model's raw dimensions; random control = an SAE "
+                   "trained on a random-weight copy of the model).")
+
+
+def _examples(cat: Any, fid: str) -> None:
+    st.subheader("Examples")
+    has_imgt = "imgt" in cat.sequences.columns
+    align = has_imgt and st.toggle("Align on IMGT positions", value=True, key=ALIGN,
+                                   help="Columns = IMGT positions (insertions share their position's column); CDRs marked")
+    rows = views.example_rows(cat, fid, use_imgt=has_imgt)
+    if not rows:
+        st.info("No examples: the feature never fires on the analysed sequences.")
+        return
+    st.html(views.legend_html())
+    top = [r for r in rows if r.extra.get("kind") == "top"]
+    rest = sorted((r for r in rows if r.extra.get("kind") != "top"), key=lambda r: _bin_start(r.extra.get("kind", "")),
+                  reverse=True)
+    st.markdown(f"**Top-activating sequences** ({len(top)})")
+    st.html(views.examples_html(top, align=bool(align)))
+    if rest:
+        st.markdown(f"**Sequences from the activation quantiles** ({len(rest)}: bins of the per-sequence maxima over the "
+                    "sequences it fires in, highest bin first)")
+        st.html(views.examples_html(rest, align=bool(align)))
+
+
+def _bin_start(kind: str) -> float:
+    """Lower quantile of a ``"q0.25-0.5"`` example kind (for sorting; -1 when unparsable)."""
+    try:
+        return float(kind.removeprefix("q").split("-")[0])
+    except ValueError:
+        return -1.0
+
+
+def _probe(cat: Any, fid: str, info: dict[str, Any]) -> None:
+    import pandas as pd
+
+    st.subheader("Probe weight")
+    target, weight = info.get("probe_target"), info.get("probe_weight")
+    if views.is_missing(target) and views.is_missing(weight) and "probe_weights" not in cat.tables:
+        st.info("No probes were fitted for this catalog.")
+        return
+    if not views.is_missing(target):
+        st.markdown(f"Largest standardised weight of this feature in a dense probe: **{views.fmt_num(weight)}** for "
+                    f"`{target}`")
+    if "probe_weights" in cat.tables:
+        rows = _probe_rows(cat, int(info["index"]))
+        if len(rows):
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(36 + 35 * len(rows), 250),
+                         column_config={"weight": st.column_config.NumberColumn(format="%.3f")})
+        elif views.is_missing(target):
+            st.caption("Not among the top weights of any probe.")
+
+
+def _probe_rows(cat: Any, j: int) -> list[dict[str, Any]]:
+    @st.cache_data(show_spinner=False, max_entries=512)
+    def _rows(path: str, j: int, _cat: Any) -> list[dict[str, Any]]:
+        w = _cat.table("probe_weights")
+        if not {"dim", "weight"} <= set(w.columns):
+            return []
+        mask = w["dim"].to_numpy() == j
+        if "representation" in w.columns:
+            mask &= (w["representation"].astype(str) == "sae").to_numpy()
+        hit = w[mask]
+        order = np.argsort(-np.abs(hit["weight"].to_numpy(dtype=np.float64)), kind="stable")
+        cols = [c for c in ("target", "class", "weight") if c in hit.columns]
+        return [{c: (str(v) if c != "weight" else float(v)) for c, v in zip(cols, row)}
+                for row in hit.iloc[order][cols].itertuples(index=False)]
+
+    return _rows(str(cat.path), j, cat)
+
+
+def _causal(cat: Any, fid: str, info: dict[str, Any]) -> None:
+    import pandas as pd
+
+    st.subheader("Causal effect")
+    keys = ["causal_kl_firing", "causal_kl_other", "causal_kl_ratio", "causal_dlogp_firing", "causal_dlogp_other"]
+    values = {k: info.get(k) for k in keys}
+    if all(views.is_missing(v) for v in values.values()):
+        n = int(cat.features["causal_kl_ratio"].notna().sum()) if "causal_kl_ratio" in cat.features else 0
+        st.info("Not measured for this feature" + (f" (causal checks ran on {n} features)." if n else "."))
+        return
+    c = st.columns(3)
+    c[0].metric("KL on firing tokens", views.fmt_num(values["causal_kl_firing"]),
+                help="Mean KL divergence of the model's output when the feature is ablated, on tokens where it fires")
+    c[1].metric("KL elsewhere", views.fmt_num(values["causal_kl_other"]))
+    c[2].metric("Ratio", views.fmt_num(values["causal_kl_ratio"]))
+    c = st.columns(3)
+    c[0].metric("Δ log p (firing)", views.fmt_num(values["causal_dlogp_firing"]),
+                help="Change of the log-probability of the true residue when ablated")
+    c[1].metric("Δ log p (elsewhere)", views.fmt_num(values["causal_dlogp_other"]))
+    if "causal" in cat.tables:
+        table = cat.table("causal")
+        row = table[table["feature"].astype(str) == fid] if "feature" in table.columns else table.iloc[:0]
+        if len(row):
+            st.dataframe(pd.DataFrame(row), hide_index=True, width="stretch")
+
+
+def _neighbors(cat: Any, fid: str) -> None:
+    st.subheader("Nearest features by decoder direction")
+    nb = views.cached_neighbors(cat, fid, k=10)
+    if nb.empty:
+        st.info("No other features.")
+        return
+    cols = st.columns(5)
+    for i, row in enumerate(nb.itertuples(index=False)):
+        nfid = str(row.feature)
+        cols[i % 5].button(f"{nfid} · cos {row.cosine:.2f}", key=f"_fb_nb_{nfid}", on_click=select_feature, args=(nfid,),
+                           help=str(row.description), width="stretch")
+    st.dataframe(nb, hide_index=True, width="stretch",
+                 column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
+
+
+def main() -> None:
+    st.title("Feature browser")
+    cat = get_catalog()
+    fid = _current_feature(cat)
+    _pick(cat, fid)
+    info = views.cached_feature(cat, fid)
+    _header(cat, fid, info)
+    left, right = st.columns([2, 3])
+    with left:
+        _histogram(cat, fid)
+    with right:
+        _associations(cat, fid, info)
+    _examples(cat, fid)
+    left, right = st.columns(2)
+    with left:
+        _probe(cat, fid, info)
+    with right:
+        _causal(cat, fid, info)
+    _neighbors(cat, fid)
+
+
+try:
+    main()
+except WorkbenchError as exc:
+    st.error(str(exc))

@@ -1,0 +1,126 @@
+"""How fast the catalog explorer renders: first render of every page and switching features, on the demo catalog and
+on a 16,384-feature catalog.
+
+Run on demand (not a test):
+
+    .venv/bin/python benchmarks/bench_app.py [--demo benchmarks/out/demo/catalog] [--no-write]
+
+The 16,384-feature catalog is real: a TopK SAE (k 32) of width 16,384 trained on the demo's AntiBERTy layer-4
+Thera-SAbDab store (300k tokens), annotated with the demo's ANARCI + motif concepts (association and the catalog;
+probes, permutations and causal checks off), built once under ``benchmarks/out/app16k``. Timings are Streamlit's own
+script runs through ``streamlit.testing.v1.AppTest`` (what the server does per interaction, without the browser's
+drawing), each page in a fresh session: "first render" includes opening the catalog in that process the first time
+(cached afterwards, as in the server); "switch" is the feature browser re-run with another feature selected (median of
+10). Target: under 2 s per switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+PAGES = ["overview", "features", "concepts", "discovery", "atlas", "live"]
+
+
+def build_16k(demo_out: Path, out: Path) -> Path:
+    """The 16,384-feature catalog (reused when present)."""
+    import workbench
+    from domains.sequence.sources import labels_from_specs
+    from workbench._pipeline import AnnotateConfig
+    from workbench.catalog import Catalog
+    from workbench.errors import WorkbenchError
+    from workbench.sae import TrainConfig, train_sae
+
+    catalog = out / "catalog"
+    try:
+        Catalog.open(catalog)
+        return catalog
+    except WorkbenchError:
+        pass
+    store = workbench.open_store(demo_out / "thera_antiberty_L4")
+    sae_dir = out / "sae_topk32_w16384"
+    if not (sae_dir / "metrics.json").is_file():
+        train_sae(store, out=sae_dir, layer=4, arch="topk", width=16384, k=32, overwrite=True,
+                  train=TrainConfig(n_tokens=300_000, loss_recovered_sequences=0), progress=True)
+    labels = labels_from_specs(store, ["anarci", "motif"])
+    cfg = AnnotateConfig(n_permutations=0, n_causal=0, token_probe_groups=(), sequence_probe_groups=(), rediscovery_groups=())
+    workbench.annotate(store, sae_dir, labels, layer=4, out=catalog, config=cfg, overwrite=True)
+    return catalog
+
+
+def time_pages(catalog: Path) -> dict[str, float]:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["WORKBENCH_APP_CATALOG"] = str(catalog)
+    out = {}
+    for page in PAGES:
+        at = AppTest.from_file(str(ROOT / "apps" / "workbench_app" / "app_pages" / f"{page}.py"), default_timeout=120)
+        t0 = time.perf_counter()
+        at.run()
+        out[page] = time.perf_counter() - t0
+        if at.exception:
+            raise RuntimeError(f"{page}: {at.exception[0].message}")
+    return out
+
+
+def time_switch(catalog: Path, n: int = 10) -> float:
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.catalog import Catalog
+
+    os.environ["WORKBENCH_APP_CATALOG"] = str(catalog)
+    var = Catalog.open(catalog).features
+    live = var[var["density"] > 0].index.tolist()
+    step = max(1, len(live) // (n + 1))
+    at = AppTest.from_file(str(ROOT / "apps" / "workbench_app" / "app_pages" / "features.py"), default_timeout=120)
+    at.run()
+    times = []
+    for fid in live[step::step][:n]:
+        at.session_state["feature"] = fid
+        t0 = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t0)
+        if at.exception:
+            raise RuntimeError(f"switch to {fid}: {at.exception[0].message}")
+    return statistics.median(times)
+
+
+def main() -> None:
+    from _machine import cpu_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=HERE / "out" / "demo" / "catalog")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    catalogs = {"demo (4,096 features)": args.demo, "16,384 features": build_16k(args.demo.parent, HERE / "out" / "app16k")}
+    rows = []
+    for name, path in catalogs.items():
+        pages = time_pages(path)
+        switch = time_switch(path)
+        rows.append((name, pages, switch))
+        print(name, {k: round(v, 2) for k, v in pages.items()}, "switch", round(switch, 3), flush=True)
+    lines = [f"## {dt.date.today().isoformat()} — bench_app (catalog explorer)", "",
+             f"Machine: {cpu_model()}, {os.cpu_count()} cores. AppTest script runs (server side), seconds; first render "
+             "of each page in a fresh session, feature switch = median of 10 re-runs of the feature browser.", "",
+             "| catalog | " + " | ".join(PAGES) + " | feature switch | target < 2 s |",
+             "|---|" + "---|" * (len(PAGES) + 2)]
+    for name, pages, switch in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | "
+                     + ("met" if switch < 2 else "NOT met") + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        with open(HERE / "RESULTS.md", "a") as fh:
+            fh.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

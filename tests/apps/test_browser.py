@@ -1,0 +1,122 @@
+"""The app in a real browser: Debian's chromium, driven by Playwright for Python, against a headless Streamlit server.
+
+Screenshots of every page go to ``test-artifacts/`` (or ``$WORKBENCH_TEST_ARTIFACTS``). No browser is downloaded:
+Playwright launches the system's ``chromium``. The test is skipped when chromium is missing, except under CI
+(``CI=true``), where it fails: ``make setup`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _artifacts() -> Path:
+    out = Path(os.environ.get("WORKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(demo_catalog: Path) -> Iterator[str]:
+    """``workbench app CATALOG --port N`` in the background; the base URL once the server answers."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (make setup installs Debian's chromium)")
+        pytest.skip("Debian's chromium is not installed")
+    port = _free_port()
+    log = open(_artifacts() / "streamlit.log", "w")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", str(demo_catalog), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the app did not start: {(_artifacts() / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _wait_for_app(page, text: str, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``text`` is rendered and Streamlit has stopped running the script."""
+    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout,
+    )
+    page.wait_for_timeout(500)
+
+
+def test_pages_render_real_content_in_chromium(server: str, demo_catalog: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from workbench.catalog import Catalog
+
+    cat = Catalog.open(demo_catalog)
+    var = cat.features
+    fid = str(var.sort_values("top_f1", ascending=False).index[0])
+    concept = str(var.loc[fid, "top_concept"])
+    shots = _artifacts()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2200})
+            page.goto(server, wait_until="domcontentloaded")
+            _wait_for_app(page, "Concepts captured")
+            body = page.inner_text("body")
+            assert "antiberty" in body.lower()
+            page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+            # Through the navigation to the feature browser, then straight to the best feature by its URL.
+            page.get_by_role("link", name="Feature browser").first.click()
+            _wait_for_app(page, "Feature")
+            page.screenshot(path=str(shots / "feature_browser.png"), full_page=True)
+            page.goto(f"{server}/features?feature={fid}", wait_until="domcontentloaded")
+            _wait_for_app(page, fid)
+            body = page.inner_text("body")
+            assert fid in body and concept in body
+            page.screenshot(path=str(shots / "feature.png"), full_page=True)
+
+            for path, text, name in (("concepts", "Concept", "concepts"), ("discovery", "Discovery", "discovery"),
+                                     ("atlas", "atlas", "atlas"), ("live", "sequence", "live")):
+                page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+                _wait_for_app(page, text)
+                assert "Traceback" not in page.inner_text("body")
+                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        finally:
+            browser.close()
+    for name in ("overview", "feature_browser", "feature", "concepts", "discovery", "atlas", "live"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000, name
