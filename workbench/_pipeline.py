@@ -61,6 +61,9 @@ class AnnotateConfig:
     0 skips the causal check."""
     causal_sequences: int = 8
     """Sequences per feature in the causal check."""
+    complete_sources: Sequence[str] = ("motif",)
+    """Annotation sources whose labels are complete by construction (computed from the sequence itself, such as
+    motifs and amino-acid identity): their concepts are never proposed as missing annotations."""
     position_group: str | None = "imgt"
     """Concept group giving a per-residue position shown beside examples (stored in obs as a comma-joined string)."""
     seed: int = 0
@@ -266,7 +269,8 @@ def annotate(
         tables["probe_notes"] = pd.concat(probe_notes, ignore_index=True)
 
     # -- discovery ----------------------------------------------------------------------------------------------------
-    missing_tab = timed("candidate missing annotations", lambda: missing_annotations(features, labels, sae_assoc, obs))
+    open_labels = _without_sources(labels, cfg.complete_sources)
+    missing_tab = timed("candidate missing annotations", lambda: missing_annotations(features, open_labels, sae_assoc, obs))
     unexplained = timed("unexplained features", lambda: unexplained_features(features, sae_assoc, labels, obs))
     tables["missing_annotations"] = missing_tab
     tables["unexplained_features"] = unexplained
@@ -317,6 +321,15 @@ def annotate(
     path = write_catalog(adata, out, overwrite=overwrite)
     _log(progress, f"catalog written to {path} in {time.perf_counter() - t_start:.0f} s")
     return Catalog.open(path)
+
+
+def _without_sources(labels: ConceptLabels, sources: Sequence[str]) -> ConceptLabels:
+    """``labels`` without the token concepts of ``sources``."""
+    from workbench.concepts import ConceptLabels
+
+    keep = np.flatnonzero(~labels.token_concepts["source"].isin(list(sources)).to_numpy())
+    return ConceptLabels(labels.tokens[:, keep], labels.instances[:, keep],
+                         labels.token_concepts.iloc[keep].reset_index(drop=True), labels.sequences, labels.sequence_concepts)
 
 
 def _per_representation(fn: Callable[..., Any], reps: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:

@@ -8,21 +8,17 @@ Playwright launches the system's ``chromium``. The test is skipped when chromium
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from apps.workbench_app.serving import chromium_path
+
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium_path()
 
 
 def _artifacts() -> Path:
@@ -31,52 +27,23 @@ def _artifacts() -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(demo_catalog: Path) -> Iterator[str]:
     """``workbench app CATALOG --port N`` in the background; the base URL once the server answers."""
+    from apps.workbench_app.serving import serve_app
+
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (make setup installs Debian's chromium)")
         pytest.skip("Debian's chromium is not installed")
-    port = _free_port()
-    log = open(_artifacts() / "streamlit.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", str(demo_catalog), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the app did not start: {(_artifacts() / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with open(_artifacts() / "streamlit.log", "w") as log, serve_app(demo_catalog, log=log) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-def _wait_for_app(page, text: str, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
-    """Wait until ``text`` is rendered and Streamlit has stopped running the script."""
-    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout,
-    )
+def _wait_for_app(page, text: str) -> None:  # type: ignore[no-untyped-def]
+    from apps.workbench_app.serving import wait_rendered
+
+    wait_rendered(page, text)
     page.wait_for_timeout(500)
 
 

@@ -60,6 +60,9 @@ def test_annotate_writes_a_complete_catalog(setup: dict[str, Any], tmp_path: Pat
     # Amino-acid identity is linearly decodable from layer 1 of even a tiny ESM-2: far above chance from the raw layer.
     aa = probes[(probes["target"] == "aa") & (probes["representation"] == "neurons") & (probes["k"] == 0)]
     assert len(aa) == 1 and aa["score"].iloc[0] > 2 * aa["baseline"].iloc[0]
+    # Motifs and amino acids are read off the sequence itself: never "missing"; IMGT concepts can be.
+    missing = catalog.table("missing_annotations")
+    assert len(missing) and not missing["concept"].str.startswith(("aa=", "motif=")).any()
     causal = catalog.table("causal")
     assert len(causal) == 3 and (causal["n_sequences"] > 0).all()
     var = catalog.features
