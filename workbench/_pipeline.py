@@ -227,6 +227,8 @@ def annotate(
         "best_sae": sae_assoc.best,
         "best_neurons": neuron_assoc.best,
     }
+    if sae_assoc.thresholds is not None:
+        tables["association_thresholds"] = sae_assoc.thresholds
     if "random" in controls:
         tables["best_random"] = controls["random"].best
 

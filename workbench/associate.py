@@ -235,6 +235,9 @@ class Association:
     best: pd.DataFrame
     """One row per concept: its best feature by validation F1, that feature's test F1, the permutation-null p-value."""
     params: dict[str, Any] = field(default_factory=dict)
+    thresholds: pd.DataFrame | None = None
+    """For each concept's best features (by validation F1, ``top_per_threshold`` of them), the test precision,
+    token recall, domain recall and F1 at every threshold: the curves behind the chosen threshold."""
 
     @property
     def concepts_captured(self) -> int:
@@ -251,6 +254,7 @@ def associate(
     split_seed: int = 0,
     n_permutations: int = 20,
     seed: int = 0,
+    top_per_threshold: int = 5,
 ) -> Association:
     """Associate every feature with every token concept (see the module docstring).
 
@@ -329,7 +333,29 @@ def associate(
     })
     params = {"thresholds": list(thresholds), "split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
               "n_tokens": n_tokens, "n_features": values.shape[1], "n_concepts": len(concepts), "captured_f1": CAPTURED_F1}
-    return Association(pairs, best, params)
+    curves = _threshold_curves(stats["test"], val_f1, features.names, concepts, thresholds, top_per_threshold)
+    return Association(pairs, best, params, curves)
+
+
+def _threshold_curves(test_stats: list[tuple[np.ndarray, ...]], val_f1: np.ndarray, names: Sequence[str],
+                      concepts: Sequence[str], thresholds: Sequence[float], top: int) -> pd.DataFrame:
+    """Test precision / recall / domain recall / F1 at every threshold for the ``top`` features of each concept."""
+    import pandas as pd
+
+    if top <= 0 or val_f1.size == 0:
+        return pd.DataFrame(columns=["concept", "feature", "threshold", "precision", "recall", "domain_recall", "f1"])
+    k = min(top, val_f1.shape[0])
+    order = np.argsort(-val_f1, axis=0, kind="stable")[:k]  # k x concepts
+    ci = np.broadcast_to(np.arange(val_f1.shape[1]), order.shape)
+    keep = val_f1[order, ci] > 0
+    fi, ci = order[keep], ci[keep]
+    frames = []
+    for t, (precision, recall, domain, f1) in zip(thresholds, test_stats):
+        frames.append(pd.DataFrame({
+            "concept": np.asarray(concepts, dtype=object)[ci], "feature": np.asarray(names)[fi], "threshold": float(t),
+            "precision": precision[fi, ci], "recall": recall[fi, ci], "domain_recall": domain[fi, ci], "f1": f1[fi, ci],
+        }))
+    return pd.concat(frames, ignore_index=True).sort_values(["concept", "feature", "threshold"], ignore_index=True)
 
 
 def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndarray], thresholds: Sequence[float],

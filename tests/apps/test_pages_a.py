@@ -262,7 +262,8 @@ def test_unknown_concept_in_the_query_gives_a_warning(tiny_catalog: Path, monkey
     _ok(at)
     assert any("region=NOPE" in w.value for w in at.warning)
     assert at.header[0].value.startswith("region=")
-    assert any("not available across thresholds" in c.value for c in at.caption)
+    assert any("curves below show every threshold" in c.value for c in at.caption)
+    assert any("Across thresholds" in h.value for h in at.subheader)
 
 
 @pytest.mark.slow
@@ -285,3 +286,16 @@ def test_open_buttons_go_to_the_feature_browser(tiny_catalog: Path, monkeypatch:
     _ok(at)
     assert at.title[0].value == "Feature browser"
     assert at.header[0].value == button.label.removeprefix("open ")
+
+
+def test_concept_page_draws_threshold_curves(demo_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-threshold curves of the concept's best features are drawn from the association_thresholds table."""
+    cat = Catalog.open(demo_catalog)
+    curves = cat.table("association_thresholds")
+    concept = "region=CDR3"
+    assert set(curves[curves["concept"].astype(str) == concept]["threshold"]) == {0.0, 0.15, 0.5, 0.6, 0.8}
+    at = _page("concepts", demo_catalog, monkeypatch)
+    at.query_params["concept"] = concept
+    at.run()
+    assert not at.exception
+    assert any("Across thresholds" in h.value for h in at.subheader)

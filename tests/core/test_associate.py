@@ -149,3 +149,15 @@ def test_dense_and_sparse_counts_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("tp", "n_active", "n_labelled", "hit_instances", "n_instances"):
         np.testing.assert_allclose(a[key], b[key])
     np.testing.assert_allclose(a["hit_instances"], ref_hits)
+
+
+def test_threshold_curves_of_the_best_features_by_hand() -> None:
+    """f00000 on X: threshold 0 -> P 1, domain recall 1, F1 1; 0.5 -> P 1, domain recall 1/2, F1 2/3; 0.8 as 0.5."""
+    feats, labels, ids, token_seq = hand_case()
+    curves = associate(feats, labels, ids, token_seq, n_permutations=0).thresholds
+    x = curves[(curves["concept"] == "X") & (curves["feature"] == "f00000")].set_index("threshold")
+    assert list(x.index) == list(THRESHOLDS)
+    assert x.loc[0.0, "f1"] == pytest.approx(1.0) and x.loc[0.0, "recall"] == pytest.approx(0.8)
+    assert x.loc[0.5, "precision"] == pytest.approx(1.0) and x.loc[0.5, "domain_recall"] == pytest.approx(0.5)
+    assert x.loc[0.5, "f1"] == pytest.approx(2 / 3) and x.loc[0.8, "f1"] == pytest.approx(2 / 3)
+    assert set(curves[curves["concept"] == "Y"]["feature"]) == {"f00001"}  # f00000 never touches Y

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import altair as alt
 import numpy as np
 import streamlit as st
 
@@ -241,14 +242,37 @@ def _best_features(rows: Any) -> None:
                      "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
                  })
     st.caption("F1 = precision x domain-level recall on the test half of the sequences; recall is token-level. Each "
-               "(feature, concept) pair is scored at one threshold only, chosen on the validation half among 0, 0.15, 0.5, "
-               "0.6 and 0.8 of the feature's max: the catalog stores that chosen threshold, so precision and recall are "
-               "not available across thresholds (no per-threshold curves).")
+               "(feature, concept) pair is reported at its threshold chosen on the validation half among 0, 0.15, 0.5, "
+               "0.6 and 0.8 of the feature's max; the curves below show every threshold for the best features.")
     st.markdown("**Open a feature in the Feature browser**")
     buttons = st.columns(5)
     for i, fid in enumerate(rows["feature"].head(10)):
         if buttons[i % 5].button(f"open {fid}", key=f"_cx_open_{fid}", width="stretch"):
             views.open_feature(str(fid))
+
+
+def _threshold_curves(cat: Any, concept: str) -> None:
+    """Test precision, recall, domain recall and F1 across the thresholds for the concept's best features."""
+    if "association_thresholds" not in cat.tables:
+        st.caption("This catalog has no per-threshold curves (built before the `association_thresholds` table).")
+        return
+    curves = _concept_curves(str(cat.path), concept, cat)
+    if curves.empty:
+        return
+    st.subheader("Across thresholds")
+    metric = st.radio("Metric", ["f1", "precision", "recall", "domain_recall"], horizontal=True, key="_cx_metric")
+    chart = alt.Chart(curves).mark_line(point=True).encode(
+        x=alt.X("threshold:Q", title="threshold (fraction of the feature's max)"),
+        y=alt.Y(f"{metric}:Q", title=metric.replace("_", " "), scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("feature:N"), tooltip=["feature", "threshold", "precision", "recall", "domain_recall", "f1"],
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _concept_curves(path: str, concept: str, _cat: Any) -> Any:
+    table = _cat.table("association_thresholds")
+    return table[table["concept"].astype(str) == concept].astype({"feature": str, "concept": str}).reset_index(drop=True)
 
 
 def main() -> None:
@@ -266,6 +290,7 @@ def main() -> None:
         return
     _comparison(cat, concept, rows, _controls(cat, concept))
     _best_features(rows)
+    _threshold_curves(cat, concept)
 
 
 try:
