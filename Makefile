@@ -34,6 +34,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/sae_quality.py
 	$(BIN)/python benchmarks/bench_associate.py
+	$(BIN)/python benchmarks/bench_demo.py
+	$(BIN)/python benchmarks/bench_app.py
 
 bench-sae: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_sae.py
