@@ -15,3 +15,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def record(text: str, *, write: bool = True) -> None:
+    """Print a benchmark's markdown section and, unless ``write`` is false, append it to benchmarks/RESULTS.md."""
+    print(text)
+    if write:
+        with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as fh:
+            fh.write("\n" + text)

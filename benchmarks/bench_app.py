@@ -132,7 +132,7 @@ def time_browser(catalog: Path, n: int = 5) -> tuple[dict[str, float], float]:
 
 
 def main() -> None:
-    from _machine import cpu_model
+    from _machine import cpu_model, record
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=HERE / "out" / "demo" / "catalog")
@@ -162,10 +162,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | "
                      + ("met" if switch < 2 else "NOT met") + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write("\n" + text)
+    record(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

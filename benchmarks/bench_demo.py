@@ -117,6 +117,8 @@ def report(catalog_dir: Path, wall: float | None) -> str:
 
 
 def main() -> None:
+    from _machine import record
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "out" / "demo")
     parser.add_argument("--reuse", action="store_true", help="keep what is in --out (no end-to-end time)")
@@ -129,10 +131,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "workbench.cli", "demo", "--out", str(args.out), "--no-progress"], check=True)
         wall = time.perf_counter() - t0
     text = report(args.out / "catalog", wall)
-    print(text)
-    if not args.no_write:
-        with open(HERE / "RESULTS.md", "a") as fh:
-            fh.write("\n" + text)
+    record(text, write=not args.no_write)
 
 
 if __name__ == "__main__":
