@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-sae clean
+.PHONY: setup demo demo-imaging test bench bench-sae clean
 
 setup: $(STAMP)
 
@@ -18,12 +18,16 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[sequence,app,test]'
+	$(BIN)/pip install -q -e '.[sequence,imaging,app,test]'
 	$(BIN)/pip install -q --no-deps sapiens==1.0.0
 	@touch $@
 
 demo: setup
 	$(BIN)/workbench demo --out demo_out
+
+# The medical-imaging demo: the shipped CNNs on PneumoniaMNIST and BreastMNIST into demo_out/imaging/
+demo-imaging: setup
+	$(BIN)/workbench demo --domain imaging --out demo_out
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -36,6 +40,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_associate.py
 	$(BIN)/python benchmarks/bench_demo.py
 	$(BIN)/python benchmarks/bench_app.py
+	$(BIN)/python benchmarks/bench_imaging_cnn.py
+	$(BIN)/python benchmarks/bench_imaging_demo.py
 
 bench-sae: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/bench_sae.py
@@ -51,7 +57,7 @@ bench-venv: $(BENCH_VENV)/.installed
 $(BENCH_VENV)/.installed: pyproject.toml Makefile
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q torch==2.13.0
-	$(BENCH_VENV)/bin/pip install -q -e '.[sequence,bench]' torch==2.13.0
+	$(BENCH_VENV)/bin/pip install -q -e '.[sequence,imaging,bench]' torch==2.13.0
 	$(BENCH_VENV)/bin/pip install -q --no-deps sapiens==1.0.0 overcomplete==0.3.0 dictionary-learning==0.1.0 nnsight==0.3.7
 	$(BENCH_VENV)/bin/pip install -q torch==2.13.0 einops scipy scikit-learn pillow 'python-socketio[client]'
 	$(BENCH_VENV)/bin/python -c "from transformers import BertModel; import sae_lens, dictionary_learning.trainers.top_k"

@@ -14,13 +14,9 @@ precision@20 against its base rate; causal effects; and the stage timings.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -117,21 +113,9 @@ def report(catalog_dir: Path, wall: float | None) -> str:
 
 
 def main() -> None:
-    from _machine import record
+    from _machine import demo_benchmark
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE / "out" / "demo")
-    parser.add_argument("--reuse", action="store_true", help="keep what is in --out (no end-to-end time)")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    wall = None
-    if not args.reuse:
-        shutil.rmtree(args.out, ignore_errors=True)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "workbench.cli", "demo", "--out", str(args.out), "--no-progress"], check=True)
-        wall = time.perf_counter() - t0
-    text = report(args.out / "catalog", wall)
-    record(text, write=not args.no_write)
+    demo_benchmark(__doc__.splitlines()[0], HERE / "out" / "demo", [], lambda out, wall: report(out / "catalog", wall))
 
 
 if __name__ == "__main__":

@@ -61,3 +61,19 @@ def tiny_catalog(tiny_esm2: Path, oas_fasta: Path, tmp_path_factory: pytest.Temp
     workbench.annotate(store, root / "sae", labels_from_specs(store, ["anarci", "motif"]), layer=1, out=root / "catalog",
                        config=AnnotateConfig(n_permutations=3, n_causal=3, causal_sequences=2, probe_cv=3), progress=False)
     return root / "catalog"
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random MedResNet as a user's own network: a YAML card file beside its safetensors weights."""
+    from domains.imaging.testing import write_tiny_vision_card
+
+    return write_tiny_vision_card(tmp_path_factory.mktemp("tiny_vision"))
+
+
+@pytest.fixture(scope="session")
+def imaging_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The imaging demo pipeline with a tiny model on 40 real PneumoniaMNIST images per split (about 20 s, once)."""
+    from domains.imaging.testing import build_tiny_imaging_catalog
+
+    return build_tiny_imaging_catalog(tmp_path_factory.mktemp("imaging_catalog"))

@@ -53,7 +53,8 @@ def token_layout(store: ActivationStore) -> Layout:
     import pandas as pd
 
     ids = store.sequences["sequence_id"].astype(str).tolist()
-    obs = store.obs(["sequence_id", "residue"])
+    has_residues = "residue" in store.obs_columns
+    obs = store.obs(["sequence_id", "residue"] if has_residues else ["sequence_id"])
     codes = pd.Categorical(obs["sequence_id"].astype(str), categories=ids).codes.astype(np.int64)
     if len(codes) != store.n_tokens:
         raise StoreError(f"{store.path}: token table has {len(codes)} rows, manifest says {store.n_tokens}")
@@ -61,6 +62,8 @@ def token_layout(store: ActivationStore) -> Layout:
         raise StoreError(f"{store.path}: token table is not in the store's sequence order")
     lengths = np.bincount(codes, minlength=len(ids)).astype(np.int64)
     starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if len(ids) else np.zeros(0, dtype=np.int64)
+    if not has_residues:  # images and other inputs without letters: no sequence strings
+        return Layout(ids, codes, starts, lengths, [""] * len(ids), "")
     residues = obs["residue"].astype(str).to_numpy()
     separator = "" if all(len(r) == 1 for r in pd.unique(residues)) else " "
     sequences = [separator.join(residues[s : s + n]) for s, n in zip(starts.tolist(), lengths.tolist())]

@@ -66,7 +66,7 @@ def extract(
     model: str | Adapter,
     inputs: str | os.PathLike[str] | Sequence[Any],
     *,
-    layers: Sequence[int],
+    layers: Sequence[int | str],
     out: str | os.PathLike[str],
     dtype: str = "float16",
     tokens_per_batch: int = 8192,
@@ -86,9 +86,11 @@ def extract(
         A model card name (``antiberty``, ``sapiens-vh``, ``esm2_t6_8M_UR50D``...), a checkpoint path, or a loaded
         adapter.
     inputs
-        A file the model's domain can read (FASTA, UniProt, CSV/TSV...) or a list of records.
+        A file the model's domain can read (FASTA, UniProt, CSV/TSV, a MedMNIST ``.npz``, a folder of images...) or
+        a list of records.
     layers
-        Layer numbers, 0 = embeddings to ``n_layers`` = last block.
+        Layer numbers (sequence models: 0 = embeddings to ``n_layers`` = last block) or the layer names of models
+        that name them (an imaging card's ``layers``).
     dtype
         ``float16`` (default) or ``float32`` for the stored arrays.
     tokens_per_batch
@@ -122,6 +124,7 @@ def extract(
     if random_weights is not None:
         adapter = adapter.randomized(random_weights)
     layers = adapter.check_layers(layers)
+    adapter.prepare(layers)
     if isinstance(inputs, (str, os.PathLike)):
         records = adapter.read(str(inputs), truncate=truncate, **(read_options or {}))
     else:

@@ -66,6 +66,8 @@ class AnnotateConfig:
     motifs and amino-acid identity): their concepts are never proposed as missing annotations."""
     position_group: str | None = "imgt"
     """Concept group giving a per-residue position shown beside examples (stored in obs as a comma-joined string)."""
+    profile_groups: Sequence[str] = ("region", "imgt")
+    """Concept groups whose per-feature firing profile enters the descriptions (images: regions of the frame)."""
     seed: int = 0
     """Seed for subsampling, permutations and the layout."""
 
@@ -144,6 +146,8 @@ def annotate(
     sequence_targets: pd.DataFrame | None = None,
     extra_tables: Mapping[str, pd.DataFrame] | None = None,
     summary_extra: Mapping[str, Any] | None = None,
+    obsm_extra: Mapping[str, np.ndarray] | None = None,
+    uns_extra: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     config: AnnotateConfig | None = None,
     overwrite: bool = False,
@@ -157,7 +161,8 @@ def annotate(
     manifest when omitted and ``config.n_causal > 0``). ``sequence_groups`` gives each store sequence a group key
     (for example the antibody a chain belongs to) so cross-validated probes never split a group; by default each
     sequence is its own group. ``sequence_targets`` (index = sequence id) adds sequence-level probe targets;
-    ``extra_tables`` go into the catalog as they are; ``metrics`` are the SAE's fidelity metrics (read from the
+    ``extra_tables`` go into the catalog as they are (``obsm_extra`` / ``uns_extra`` too: an image domain passes
+    the pixels and their description); ``metrics`` are the SAE's fidelity metrics (read from the
     SAE folder's ``metrics.json`` when ``sae`` is a folder). Nothing is written at ``out`` unless everything succeeds.
     """
     import pandas as pd
@@ -273,7 +278,8 @@ def annotate(
     # -- discovery ----------------------------------------------------------------------------------------------------
     open_labels = _without_sources(labels, cfg.complete_sources)
     missing_tab = timed("candidate missing annotations", lambda: missing_annotations(features, open_labels, sae_assoc, obs))
-    unexplained = timed("unexplained features", lambda: unexplained_features(features, sae_assoc, labels, obs))
+    unexplained = timed("unexplained features", lambda: unexplained_features(
+        features, sae_assoc, labels, obs, profile_groups=cfg.profile_groups))
     tables["missing_annotations"] = missing_tab
     tables["unexplained_features"] = unexplained
     concepts = labels.token_concepts["concept"].tolist()
@@ -313,7 +319,8 @@ def annotate(
     summary["annotate_seconds"] = timings
     adata = timed("catalog", lambda: build_catalog(
         store, sae, features, sae_assoc, labels, layer=layer, controls=controls, metrics=metrics, tables=tables,
-        var_extra=var_extra, obs_extra=obs_extra, summary_extra=summary, seed=cfg.seed))
+        var_extra=var_extra, obs_extra=obs_extra, summary_extra=summary, obsm_extra=obsm_extra, uns_extra=uns_extra,
+        seed=cfg.seed, profile_groups=cfg.profile_groups))
     prov = adata.uns["provenance"]
     prov["model_source"] = str(store.manifest.get("model_source", store.model))
     if sae_path is not None:
@@ -381,6 +388,12 @@ def _var_extra(names: Sequence[str], tables: Mapping[str, pd.DataFrame]) -> pd.D
             top = w.sort_values("abs", ascending=False).drop_duplicates("feature").set_index("feature")
             extra["probe_target"] = (top["target"].astype(str) + "=" + top["class"].astype(str)).reindex(extra.index)
             extra["probe_weight"] = top["weight"].reindex(extra.index).astype(float)
+    pooled = tables.get("pooled_association")  # from workbench.pooled: unit-level labels (an image's pathology)
+    if pooled is not None and len(pooled):
+        for concept, g in pooled.groupby("concept", sort=False):
+            g = g.set_index(g["feature"].astype(str))
+            for col in ("auroc", "auroc_adjusted", "q_adjusted"):
+                extra[f"{concept}_{col}"] = g[col].reindex(extra.index).astype(float)
     unexplained = tables.get("unexplained_features")
     if unexplained is not None and len(unexplained):
         extra["unexplained_rank"] = unexplained.set_index("feature")["rank"].reindex(extra.index).astype(float)

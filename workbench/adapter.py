@@ -45,6 +45,39 @@ class HookPoint(NamedTuple):
     """Read the module's first positional input instead of its output."""
     seq_first: bool = False
     """The tensor is laid out ``(T, B, D)`` (fairseq / fair-esm) rather than ``(B, T, D)``."""
+    channels_first: bool = False
+    """The tensor is a feature map ``(B, C, H, W)`` (convolutional networks): its rows are the ``H * W`` positions
+    in row-major order, each a ``C``-vector."""
+    pool_spatial: bool = False
+    """With ``channels_first``: one row per image, the feature map's mean over positions. An edit of the pooled
+    vector is spread evenly over the positions (each position moves by the same amount)."""
+
+
+def _rows(tensor: torch.Tensor, point: HookPoint) -> torch.Tensor:
+    """The hooked tensor as ``(B, T, D)``: one row per token or spatial position."""
+    if point.seq_first:
+        return tensor.transpose(0, 1)
+    if point.channels_first:
+        if tensor.ndim == 2:  # a vector per image (a pooled or linear layer): one row
+            return tensor.unsqueeze(1)
+        if point.pool_spatial:
+            return tensor.mean(dim=(2, 3)).unsqueeze(1)
+        return tensor.flatten(2).transpose(1, 2)
+    return tensor
+
+
+def _unrows(rows: torch.Tensor, original: torch.Tensor, point: HookPoint) -> torch.Tensor:
+    """Inverse of :func:`_rows`: the edited ``(B, T, D)`` rows back in the hooked tensor's layout."""
+    if point.seq_first:
+        return rows.transpose(0, 1)
+    if point.channels_first:
+        if original.ndim == 2:
+            return rows[:, 0, :]
+        if point.pool_spatial:
+            delta = rows[:, 0, :] - original.mean(dim=(2, 3))
+            return original + delta[:, :, None, None].to(original.dtype)
+        return rows.transpose(1, 2).reshape(original.shape)
+    return rows
 
 
 @dataclass
@@ -120,7 +153,8 @@ class Adapter(ABC):
 
     @abstractmethod
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Run the full model and return its output logits ``(B, T, V)``."""
+        """Run the full model and return its output logits: ``(B, T, V)`` for sequence models, ``(B, n_classes)``
+        for classifiers."""
 
     # -- shared behaviour --------------------------------------------------------------------------------------
     @property
@@ -139,15 +173,42 @@ class Adapter(ABC):
         """Layer numbers that can be captured: 0 (embeddings) to ``n_layers``."""
         return list(range(self.n_layers + 1))
 
-    def check_layers(self, layers: Sequence[int]) -> list[int]:
-        """Return the layers sorted and de-duplicated, or raise :class:`ModelError` naming the bad one."""
+    def layer_names(self) -> dict[int, str]:
+        """Names of the layers, by number, for models whose layers are addressed by name (empty: numbers only)."""
+        return {}
+
+    def layer_number(self, layer: int | str) -> int:
+        """The number of ``layer``, given as a number, a numeric string or one of :meth:`layer_names`."""
+        if isinstance(layer, str):
+            by_name = {name: number for number, name in self.layer_names().items()}
+            if layer in by_name:
+                return by_name[layer]
+            try:
+                return int(layer)
+            except ValueError:
+                known = ", ".join(by_name) if by_name else f"are 0..{self.n_layers}"
+                raise ModelError(f"model {self.name!r} has no layer {layer!r} (layers {known})") from None
+        return int(layer)
+
+    def check_layers(self, layers: Sequence[int | str]) -> list[int]:
+        """Return the layers as numbers, sorted and de-duplicated, or raise :class:`ModelError` naming the bad one."""
         valid = set(self.layers())
-        for layer in layers:
-            if layer not in valid:
-                raise ModelError(f"model {self.name!r} has no layer {layer} (layers are 0..{self.n_layers})")
+        numbers = [self.layer_number(layer) for layer in layers]
+        for layer, number in zip(layers, numbers):
+            if number not in valid:
+                names = self.layer_names()
+                known = ", ".join(f"{n} {names[n]}" for n in sorted(valid)) if names else f"are {min(valid)}..{max(valid)}"
+                raise ModelError(f"model {self.name!r} has no layer {layer!r} (layers {known})")
         if not layers:
             raise ModelError("no layers requested")
-        return sorted(set(layers))
+        return sorted(set(numbers))
+
+    def prepare(self, layers: Sequence[int]) -> None:
+        """Called by the extraction with the checked layers before :meth:`n_kept` and :meth:`batches`.
+
+        Models whose rows depend on the layer (the spatial grid of a convolutional layer) fix it here and raise
+        :class:`ModelError` for layers that cannot share one store; sequence models need nothing.
+        """
 
     def weights_hash(self) -> str:
         """SHA-256 over the model's parameters and buffers (names, shapes and bytes), computed once."""
@@ -221,8 +282,7 @@ class Adapter(ABC):
 
         def make_hook(layer: int, point: HookPoint) -> Callable[..., None]:
             def grab(tensor: torch.Tensor) -> None:
-                t = tensor.transpose(0, 1) if point.seq_first else tensor
-                captured[layer] = t[keep]
+                captured[layer] = _rows(tensor, point)[keep]
                 if layer == deepest:
                     raise _StopForward
 
@@ -254,13 +314,12 @@ class Adapter(ABC):
         keep = batch.keep.to(self.device)
 
         def edit(tensor: torch.Tensor) -> torch.Tensor:
-            t = tensor.transpose(0, 1) if point.seq_first else tensor
-            t = t.clone()
+            t = _rows(tensor, point).clone()
             new = fn(t[keep])  # type: ignore[misc]
             if new.shape != (int(keep.sum()), t.shape[-1]):
                 raise ValueError(f"edit function returned shape {tuple(new.shape)}, expected {(int(keep.sum()), t.shape[-1])}")
             t[keep] = new.to(t.dtype)
-            return t.transpose(0, 1) if point.seq_first else t
+            return _unrows(t, tensor, point)
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any = None) -> Any:
             if point.pre:

@@ -101,6 +101,8 @@ def build_catalog(
     var_extra: pd.DataFrame | None = None,
     obs_extra: pd.DataFrame | None = None,
     summary_extra: Mapping[str, Any] | None = None,
+    obsm_extra: Mapping[str, np.ndarray] | None = None,
+    uns_extra: Mapping[str, Any] | None = None,
     n_top: int = 10,
     n_per_bin: int = 2,
     families: bool = True,
@@ -117,7 +119,9 @@ def build_catalog(
     their best-per-concept tables. ``metrics`` are the SAE's fidelity metrics (``metrics.json``); ``tables`` extra
     DataFrames for ``uns["tables"]`` (a name of a built-in table replaces it); ``var_extra`` per-feature and
     ``obs_extra`` per-sequence columns (indexed by feature name / sequence id); ``summary_extra`` extra summary
-    entries. Each feature keeps its ``n_top`` top sequences and ``n_per_bin`` seeded samples from each quantile bin
+    entries; ``obsm_extra`` per-sequence arrays (rows in store sequence order; images keep their pixels in
+    ``obsm["image"]``) and ``uns_extra`` extra ``uns`` entries (``uns["images"]`` describes them). Each feature
+    keeps its ``n_top`` top sequences and ``n_per_bin`` seeded samples from each quantile bin
     of ``example_quantiles``. ``families`` computes Leiden families and the UMAP layout of decoder directions.
     """
     import anndata as ad
@@ -249,8 +253,20 @@ def build_catalog(
         "sequence_separator": layout.separator,
     }
 
-    adata = ad.AnnData(X=x_max, obs=obs, var=var, layers={"mean": x_mean},
+    obsm = {}
+    for key, arr in dict(obsm_extra or {}).items():
+        arr = np.asarray(arr)
+        if arr.ndim != 2 or arr.shape[0] != len(layout.sequence_ids):
+            raise InputError(f"obsm_extra[{key!r}] has shape {arr.shape}; want ({len(layout.sequence_ids)}, n)")
+        obsm[str(key)] = arr
+    reserved = {"schema_version", "provenance", "metrics", "summary", "tables", "examples", "example_activations"}
+    clash = reserved & set(uns_extra or {})
+    if clash:
+        raise InputError(f"uns_extra keys {sorted(clash)} are reserved")
+    adata = ad.AnnData(X=x_max, obs=obs, var=var, layers={"mean": x_mean}, obsm=obsm,
                        varm={"decoder": decoder, "umap": np.asarray(umap_xy, dtype=np.float32)})
+    for key, value in dict(uns_extra or {}).items():
+        adata.uns[str(key)] = to_h5(value)
     adata.uns["schema_version"] = SCHEMA_VERSION
     adata.uns["provenance"] = to_h5(provenance)
     adata.uns["metrics"] = to_h5(metrics_clean)
@@ -501,7 +517,7 @@ class Catalog:
                 raise WorkbenchError(f"{file}: catalog schema {version} is older than this workbench reads ({SCHEMA_VERSION});"
                                      " rebuild the catalog")
             var = _read_frame(h5["var"])
-            uns = {k: to_python(_read_elem(h5["uns"][k])) for k in ("summary", "provenance", "metrics") if k in h5["uns"]}
+            uns = {k: to_python(_read_elem(h5["uns"][k])) for k in ("summary", "provenance", "metrics", "images") if k in h5["uns"]}
             uns["schema_version"] = version
             examples = _read_frame(h5["uns/examples"]) if "examples" in h5["uns"] else None
             tables = sorted(h5["uns/tables"].keys()) if "tables" in h5["uns"] else []
@@ -584,6 +600,43 @@ class Catalog:
     def umap(self) -> np.ndarray:
         """``(n_features, 2)`` UMAP coordinates (NaN for dead features)."""
         return self._cached("umap", lambda: np.asarray(self._h5("varm/umap"), dtype=np.float32))
+
+    @property
+    def image_info(self) -> dict[str, Any] | None:
+        """For image catalogs, ``uns["images"]``: ``shape`` (C, H, W) of the stored pixels, ``grid`` (h, w) of the
+        analysed layer, ``classes``, ``positive_class`` and the data set; ``None`` for sequence catalogs."""
+        info = self._uns.get("images")
+        return dict(info) if info else None
+
+    def image(self, sequence_id: str) -> np.ndarray:
+        """The stored pixels of one image, ``(C, H, W)`` uint8 (image catalogs only)."""
+        info = self.image_info
+        if info is None:
+            raise WorkbenchError(f"{self.path} is not an image catalog")
+        index = self._cached("obs_position", lambda: {str(s): i for i, s in enumerate(self.sequences.index)})
+        if str(sequence_id) not in index:
+            raise WorkbenchError(f"no image {sequence_id!r} in {self.path}")
+        pixels = self._cached("obsm:image", lambda: np.asarray(self._h5("obsm/image")))
+        return pixels[index[str(sequence_id)]].reshape([int(v) for v in info["shape"]])
+
+    def heatmap(self, activations: np.ndarray) -> np.ndarray:
+        """An example's per-position activations laid on the layer's grid and upsampled (bilinear) to the image size:
+        ``(H, W)`` float32 in the activations' units (image catalogs only)."""
+        from scipy.ndimage import zoom
+
+        info = self.image_info
+        if info is None:
+            raise WorkbenchError(f"{self.path} is not an image catalog")
+        gh, gw = (int(v) for v in info["grid"])
+        _, h, w = (int(v) for v in info["shape"])
+        acts = np.asarray(activations, dtype=np.float32)
+        if acts.size != gh * gw:
+            raise WorkbenchError(f"{acts.size} activations do not fill the {gh}x{gw} grid")
+        grid = acts.reshape(gh, gw)
+        if (gh, gw) == (h, w):
+            return grid
+        out = zoom(grid, (h / gh, w / gw), order=1, mode="nearest", grid_mode=True)
+        return np.clip(out[:h, :w], 0.0, None).astype(np.float32)
 
     def table(self, name: str) -> pd.DataFrame:
         """A table of ``uns["tables"]`` (read on first use; returns a shallow copy)."""

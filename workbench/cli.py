@@ -19,11 +19,12 @@ from workbench.errors import WorkbenchError
 __all__ = ["main", "build_parser"]
 
 
-def _layers(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, not {text!r}") from None
+def _layers(text: str) -> list[int | str]:
+    """Comma-separated layer numbers or names (names are resolved by the model's adapter)."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"no layers in {text!r}")
+    return [int(x) if x.lstrip("-").isdigit() else x for x in parts]
 
 
 def _seq_cols(values: list[str] | None) -> str | dict[str, str] | None:
@@ -84,13 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("extract", help="run a model over sequences and write an activation store")
     ex.add_argument("--model", required=True, help="model card name (see `workbench models`) or checkpoint path")
-    ex.add_argument("--input", required=True, help="FASTA, UniProt flat file / XML, or CSV/TSV table")
-    ex.add_argument("--layers", required=True, type=_layers, help="comma-separated layers, 0 = embeddings")
+    ex.add_argument("--input", required=True, help="FASTA, UniProt flat file / XML, CSV/TSV table; images: a MedMNIST .npz, "
+                    "a folder of PNG / JPEG / TIFF, or one image")
+    ex.add_argument("--layers", required=True, type=_layers, help="comma-separated layers: numbers (0 = embeddings) or the names an imaging card lists")
     ex.add_argument("--out", required=True, help="store folder to create")
     ex.add_argument("--id-col", help="table column with record ids")
     ex.add_argument("--seq-col", action="append", help="table sequence column; COL:chain once per chain column")
     ex.add_argument("--meta-cols", help="comma-separated table columns to carry onto tokens, or 'all'")
     ex.add_argument("--skip-missing", action="store_true", help="leave out table rows with no sequence")
+    ex.add_argument("--labels", help="image folders: CSV/TSV of labels (file names in --id-col, default 'image')")
+    ex.add_argument("--label-col", help="image folders: the label column of --labels (default 'label')")
+    ex.add_argument("--split-col", help="image folders: a column of --labels naming each image's split")
     ex.add_argument("--format", help="input format when the extension does not say (fasta, swiss, uniprot-xml, table)")
     ex.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     ex.add_argument("--tokens-per-batch", type=int, default=8192, help="padded tokens per forward pass")
@@ -124,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--layer", type=int, help="layer (needed when the store has several)")
     an.add_argument("--source", action="append", required=True, metavar="SPEC",
                     help="annotation source, repeatable (sequence domain: anarci, motif, table:COL1,COL2, uniprot:FILE, "
-                         "user:FILE, pfam:FILE)")
-    an.add_argument("--domain", help="domain providing the annotation sources (default: the only one installed)")
+                         "user:FILE, pfam:FILE; imaging domain: dataset, measured)")
+    an.add_argument("--domain", help="domain providing the annotation sources (default: the domain of the store's model)")
     an.add_argument("--control-store", help="store extracted from the same inputs with --random-weights (control)")
     an.add_argument("--control-sae", help="SAE trained on the control store with the same settings")
     an.add_argument("--group-col", help="sequence metadata column grouping records (e.g. the antibody of each chain) so "
@@ -229,6 +234,9 @@ def _run(args: argparse.Namespace) -> int:
         read_options["seq_cols"] = _seq_cols(args.seq_col)
     if args.skip_missing:
         read_options["skip_missing"] = True
+    for key in ("labels", "label_col", "split_col"):
+        if getattr(args, key):
+            read_options[key] = getattr(args, key)
     if args.meta_cols:
         read_options["meta_cols"] = "all" if args.meta_cols == "all" else args.meta_cols.split(",")
     store = extract(
@@ -280,7 +288,7 @@ def _app(args: argparse.Namespace) -> int:
 
 def _annotate(args: argparse.Namespace) -> int:
     from workbench._pipeline import AnnotateConfig, annotate
-    from workbench.registry import labels_for
+    from workbench.registry import domain_annotator, labels_for, store_domain
     from workbench.store import open_store
 
     if bool(args.control_store) != bool(args.control_sae):
@@ -296,6 +304,18 @@ def _annotate(args: argparse.Namespace) -> int:
         groups = seqs[args.group_col].astype(str).tolist()
     elif args.group_sep:
         groups = [i.rsplit(args.group_sep, 1)[0] for i in store.sequences["sequence_id"].astype(str)]
+    annotator = domain_annotator(args.domain or store_domain(store))
+    if annotator is not None:  # the domain's own stage (images: pixels, pathology association, heatmaps)
+        if groups is not None:
+            raise WorkbenchError("--group-col / --group-sep do not apply to this store's domain")
+        catalog = annotator(store, args.sae, out=args.out, specs=args.source, control_store=args.control_store,
+                            control_sae=args.control_sae, n_permutations=args.permutations, n_causal=args.n_causal,
+                            overwrite=args.overwrite, progress=not args.no_progress)
+        s = catalog.summary
+        print(f"wrote {args.out}: {s.get('n_features')} features x {s.get('n_concepts')} concepts; captured (test F1 > 0.5): "
+              f"SAE {s.get('concepts_captured_sae')}, neurons {s.get('concepts_captured_neurons')}, "
+              f"random control {s.get('concepts_captured_random')}")
+        return 0
     labels = labels_for(store, args.source, domain=args.domain)
     catalog = annotate(
         store, args.sae, labels, layer=args.layer, out=args.out, control_store=args.control_store, control_sae=args.control_sae,

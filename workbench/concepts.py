@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import scipy.sparse as sp
 
-__all__ = ["ConceptLabels", "labels_from_spans", "labels_from_sequence_values", "concat_labels"]
+__all__ = ["ConceptLabels", "labels_from_spans", "labels_from_token_values", "labels_from_sequence_values", "concat_labels"]
 
 
 @dataclass
@@ -116,6 +116,57 @@ def labels_from_spans(obs: pd.DataFrame, spans: pd.DataFrame, *, sequence_ids: S
     token_concepts = pd.DataFrame({
         "concept": names, "source": source, "n_tokens": np.asarray(tokens.sum(0)).ravel().astype(int),
         "n_instances": counters, "n_sequences": n_seq,
+    })
+    seq_matrix, seq_concepts = labels_from_sequence_values(
+        sequence_ids if sequence_ids is not None else list(index), sequence_values, source=source
+    )
+    return ConceptLabels(tokens, instances, token_concepts, seq_matrix, seq_concepts)
+
+
+def labels_from_token_values(obs: pd.DataFrame, values: pd.DataFrame, *, sequence_ids: Sequence[str] | None = None,
+                             sequence_values: pd.DataFrame | None = None, source: str = "") -> ConceptLabels:
+    """One-hot ``"<column>=<value>"`` token concepts from per-token categorical columns (rows in store order).
+
+    Where spans suit sequences, images label every position with a value (a region of the frame, a tertile of
+    local brightness): ``values`` has one row per row of ``obs`` and one column per concept group; missing values
+    leave the token unlabelled. The tokens of one sequence (image) carrying a concept form one instance of it.
+    ``sequence_values`` adds sequence-level concepts as in :func:`labels_from_spans`.
+    """
+    import pandas as pd
+    import scipy.sparse as sp
+
+    if len(values) != len(obs):
+        raise InputError(f"token values have {len(values)} rows for {len(obs)} tokens")
+    index = _token_index(obs)
+    seq_codes = pd.factorize(obs["sequence_id"].astype(str).to_numpy(), sort=False)[0]
+    rows_all, cols_all, inst_all, names, n_inst, n_seq = [], [], [], [], [], []
+    for column in values.columns:
+        col = values[column].reset_index(drop=True)
+        present = col.notna().to_numpy()
+        if not present.any():
+            continue
+        codes, uniques = pd.factorize(col[present].astype(str), sort=True)
+        rows = np.flatnonzero(present)
+        for v, value in enumerate(uniques):
+            r = rows[codes == v]
+            # instance = the concept's k-th sequence (in store order) holding it
+            seq_of = seq_codes[r]
+            first_seen, inst = np.unique(seq_of, return_inverse=True)
+            names.append(f"{column}={value}")
+            rows_all.append(r)
+            cols_all.append(np.full(len(r), len(names) - 1))
+            inst_all.append(inst.astype(np.int32) + 1)
+            n_inst.append(len(first_seen))
+            n_seq.append(len(first_seen))
+    shape = (len(obs), len(names))
+    r = np.concatenate(rows_all) if rows_all else np.zeros(0, dtype=np.int64)
+    c = np.concatenate(cols_all) if cols_all else np.zeros(0, dtype=np.int64)
+    i = np.concatenate(inst_all) if inst_all else np.zeros(0, dtype=np.int32)
+    tokens = sp.csr_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=shape)
+    instances = sp.csr_matrix((i, (r, c)), shape=shape)
+    token_concepts = pd.DataFrame({
+        "concept": names, "source": source, "n_tokens": np.asarray(tokens.sum(0)).ravel().astype(int),
+        "n_instances": np.asarray(n_inst, dtype=np.int64), "n_sequences": np.asarray(n_seq, dtype=np.int64),
     })
     seq_matrix, seq_concepts = labels_from_sequence_values(
         sequence_ids if sequence_ids is not None else list(index), sequence_values, source=source

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.associate import Association
     from workbench.store import ActivationStore
 
-__all__ = ["missing_annotations", "unexplained_features", "rediscovery", "causal_effects"]
+__all__ = ["missing_annotations", "unexplained_features", "rediscovery", "causal_effects", "feature_edit"]
 
 _SPAN_COLUMNS = [
     "rank", "concept", "feature", "sequence_id", "start", "end", "n_tokens", "score", "max_activation",
@@ -641,19 +641,22 @@ def _sequences_for(column_rows: np.ndarray, column_vals: np.ndarray, seq: np.nda
     return firing[np.lexsort((firing, -mass[firing]))][:n]
 
 
-def _feature_edit(sae: Any, feature: int, *, mode: str, amount: float, state: dict[str, Any]) -> Any:
-    """The edit function of :func:`causal_effects` for one feature; the first call stores ``state["fires"]``."""
+def feature_edit(sae: Any, feature: int | Sequence[int], *, mode: str, amount: float, state: dict[str, Any]) -> Any:
+    """The edit function of :func:`causal_effects` for one feature, or several at once (``mode`` ``"ablate"``: remove
+    their contributions; ``"steer"``: add ``amount`` (normalised units) along each decoder direction); the first call
+    stores ``state["fires"]``, the rows where any of the features fires."""
     import torch
 
     device = next(sae.parameters()).device
     scale = float(sae.input_scale) if sae.cfg.normalize else 1.0
-    direction = sae.W_dec[feature].detach().to(device=device, dtype=torch.float32) * scale
+    index = [int(feature)] if isinstance(feature, (int, np.integer)) else [int(f) for f in feature]
+    directions = sae.W_dec[index].detach().to(device=device, dtype=torch.float32) * scale  # (n, d)
 
     def edit(h: torch.Tensor) -> torch.Tensor:
         x = h.to(device=device, dtype=torch.float32)
-        code = sae.encode(x)[:, feature]
-        state.setdefault("fires", (code > 0).cpu())
-        delta = -code[:, None] * direction if mode == "ablate" else amount * direction.expand_as(x)
+        codes = sae.encode(x)[:, index]
+        state.setdefault("fires", (codes > 0).any(1).cpu())
+        delta = -(codes @ directions) if mode == "ablate" else amount * directions.sum(0).expand_as(x)
         return (x + delta).to(device=h.device, dtype=h.dtype)
 
     return edit
@@ -696,7 +699,8 @@ def causal_effects(
     * ``n_sequences``, ``n_tokens``: sequences used and their kept tokens;
     * ``n_firing_tokens``: kept tokens where the feature fires;
     * ``kl_firing``, ``kl_other``: mean KL(clean || edited) of the output distribution at firing tokens and at the
-      other tokens of the same sequences (NaN when there are none);
+      other tokens of the same sequences (NaN when there are none); for a classifier (one output per input, such as
+      an image model) per input, an input firing when any of its rows does;
     * ``kl_ratio``: ``kl_firing / kl_other`` (inf when only firing tokens change; NaN when nothing changes);
     * ``dlogp_firing``, ``dlogp_other``: mean change (edited - clean) of the log-probability of the true token, at
       firing and other tokens, measured as masked-LM evaluation does: one extra clean and one edited run per batch
@@ -757,19 +761,25 @@ def causal_effects(
         acc = {"kl_f": 0.0, "kl_o": 0.0, "n_f": 0, "n_o": 0, "lp_f": 0.0, "lp_o": 0.0, "m_f": 0, "m_o": 0}
         for b, batch in enumerate(adapter.batches(records, tokens_per_batch=tokens_per_batch)):
             state: dict[str, Any] = {}
-            edit = _feature_edit(sae, f, mode=mode, amount=steer * float(max_act[f]), state=state)
+            edit = feature_edit(sae, f, mode=mode, amount=steer * float(max_act[f]), state=state)
             keep = batch.keep
             clean = adapter.run_with_edit(batch, layer, None)
             edited = adapter.run_with_edit(batch, layer, edit)
             fires = state["fires"]
-            lp_clean = torch.log_softmax(clean[keep.to(clean.device)].float(), -1)
-            lp_edit = torch.log_softmax(edited[keep.to(edited.device)].float(), -1)
+            if clean.ndim == 2:  # a classifier: one output per input; an input "fires" where any of its rows does
+                rows = keep.nonzero()[:, 0].cpu()
+                fires = torch.zeros(keep.shape[0], dtype=torch.bool).index_put_((rows[fires],), torch.tensor(True))
+                lp_clean = torch.log_softmax(clean.float(), -1)
+                lp_edit = torch.log_softmax(edited.float(), -1)
+            else:
+                lp_clean = torch.log_softmax(clean[keep.to(clean.device)].float(), -1)
+                lp_edit = torch.log_softmax(edited[keep.to(edited.device)].float(), -1)
             kl = (lp_clean.exp() * (lp_clean - lp_edit)).sum(-1).clamp_min(0).cpu()
             acc["kl_f"] += float(kl[fires].sum())
             acc["kl_o"] += float(kl[~fires].sum())
             acc["n_f"] += int(fires.sum())
             acc["n_o"] += int((~fires).sum())
-            if not has_tokens:
+            if not has_tokens or clean.ndim == 2:
                 continue
             tokens = adapter.tokens_of(batch)
             key = next((name for name, v in batch.inputs.items() if v is tokens), None)

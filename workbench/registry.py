@@ -26,11 +26,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ModelCard", "list_models", "get_card", "adapter_class", "load_adapter", "register_adapter", "annotation_sources", "labels_for",
+    "store_domain", "domain_annotator",
 ]
 
 ADAPTER_GROUP = "workbench.adapters"
 CARD_GROUP = "workbench.model_cards"
 ANNOTATION_GROUP = "workbench.annotations"
+ANNOTATOR_GROUP = "workbench.annotators"
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,13 @@ def annotation_sources() -> dict[str, Any]:
 
 
 def labels_for(store: Any, specs: Sequence[str], *, domain: str | None = None) -> Any:
-    """Concept labels for ``store`` from the annotation sources named in ``specs`` through a domain's entry point."""
+    """Concept labels for ``store`` from the annotation sources named in ``specs`` through a domain's entry point.
+
+    Without ``domain``, the domain is the one whose package also holds the adapter that extracted the store.
+    """
     sources = annotation_sources()
+    if domain is None and len(sources) > 1:
+        domain = store_domain(store, sources)
     if domain is None:
         if len(sources) != 1:
             raise ModelError(f"say which domain annotates this store (installed: {', '.join(sorted(sources)) or 'none'})")
@@ -184,3 +191,27 @@ def labels_for(store: Any, specs: Sequence[str], *, domain: str | None = None) -
     if domain not in sources:
         raise ModelError(f"no annotation sources for domain {domain!r} (installed: {', '.join(sorted(sources)) or 'none'})")
     return sources[domain].load()(store, list(specs))
+
+
+def store_domain(store: Any, sources: dict[str, Any] | None = None) -> str | None:
+    """The annotation domain living in the same package as the adapter family that extracted ``store``, if one does."""
+    sources = annotation_sources() if sources is None else sources
+    family = (getattr(store, "manifest", None) or {}).get("adapter")
+    for ep in metadata.entry_points(group=ADAPTER_GROUP):
+        if ep.name == family:
+            package = ep.value.split(":", 1)[0].rsplit(".", 1)[0]
+            hits = [name for name, src in sources.items() if src.value.split(":", 1)[0].rsplit(".", 1)[0] == package]
+            return hits[0] if len(hits) == 1 else None
+    return None
+
+
+def domain_annotator(domain: str | None) -> Any:
+    """A domain's own annotation stage for ``workbench annotate`` (group ``workbench.annotators``), or None.
+
+    The function is called as ``fn(store, sae, out=, specs=, control_store=, control_sae=, n_permutations=, n_causal=,
+    overwrite=, progress=)`` and returns the catalog; domains without one use :func:`workbench.annotate`.
+    """
+    for ep in metadata.entry_points(group=ANNOTATOR_GROUP):
+        if ep.name == domain:
+            return ep.load()
+    return None

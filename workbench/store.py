@@ -142,6 +142,13 @@ class ActivationStore:
 
         return pd.read_parquet(self.path / "sequences.parquet")
 
+    @cached_property
+    def obs_columns(self) -> list[str]:
+        """Columns of the token metadata (``sequence_id``, ``position`` and what the adapter adds)."""
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(self.shard_dir(0) / "obs.parquet").names) if self.shards else ["sequence_id", "position"]
+
     def obs(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Token metadata of the whole store, in store order (row ``i`` is token ``i`` of :meth:`iter_tokens`)."""
         import pandas as pd

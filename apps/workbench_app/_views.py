@@ -340,19 +340,20 @@ def legend_html() -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ cached data
-def _x_csc(cat: Catalog) -> scipy.sparse.csc_matrix | None:
-    """The catalog's ``X`` (sequences x features, per-sequence max) as CSC, read once per server (None if dense)."""
+def obs_matrix(cat: Catalog, key: str = "X") -> Any:
+    """An ``obs x var`` matrix of the catalog (``X``, or ``layers/mean``) as CSC, or a dense float32 array when it is
+    stored dense; read once per server process."""
     import streamlit as st
 
-    @st.cache_resource(show_spinner="Reading per-sequence activations ...", max_entries=4)
-    def _load(path: str, _cat: Any) -> Any:
+    @st.cache_resource(show_spinner="Reading per-sequence activations ...", max_entries=8)
+    def _load(path: str, key: str, _cat: Any) -> Any:
         import h5py
         import scipy.sparse as sp
 
         with h5py.File(path, "r") as h5:
-            node = h5["X"]
+            node = h5[key]
             if not isinstance(node, h5py.Group):
-                return None
+                return np.asarray(node, dtype=np.float32)
             enc = str(node.attrs.get("encoding-type", ""))
             shape = tuple(int(s) for s in node.attrs["shape"])
             parts = (np.asarray(node["data"]), np.asarray(node["indices"]), np.asarray(node["indptr"]))
@@ -360,7 +361,13 @@ def _x_csc(cat: Catalog) -> scipy.sparse.csc_matrix | None:
             return sp.csc_matrix(parts, shape=shape)
         return sp.csr_matrix(parts, shape=shape).tocsc()
 
-    return _load(str(cat.path), cat)
+    return _load(str(cat.path), key, cat)
+
+
+def _x_csc(cat: Catalog) -> scipy.sparse.csc_matrix | None:
+    """The catalog's ``X`` (sequences x features, per-sequence max) as CSC (None when stored dense)."""
+    m = obs_matrix(cat, "X")
+    return None if isinstance(m, np.ndarray) else m
 
 
 def feature_maxima(cat: Catalog, fid: str) -> np.ndarray:

@@ -15,7 +15,24 @@ PAGES = [
     ("app_pages/atlas.py", "Feature atlas", ":material/scatter_plot:"),
     ("app_pages/live.py", "Live input", ":material/edit:"),
 ]
+IMAGE_PAGES = [("app_pages/images.py", "Images", ":material/image:")]  # image catalogs only, after the feature browser
+
+
+def _is_image_catalog() -> bool:
+    """True when the app's catalog holds images; False for sequence catalogs and when it cannot be opened (the pages
+    then report the problem as before)."""
+    try:
+        from apps.workbench_app._images import is_image_catalog
+        from apps.workbench_app._state import get_catalog
+
+        return is_image_catalog(get_catalog())
+    except (Exception, SystemExit):  # noqa: BLE001 - navigation must not fail on a bad catalog
+        return False
+
 
 st.set_page_config(page_title="Microscope-AI workbench", layout="wide")
-navigation = st.navigation([st.Page(str(HERE / path), title=title, icon=icon) for path, title, icon in PAGES])
+pages = list(PAGES)
+if _is_image_catalog():
+    pages[2:2] = IMAGE_PAGES
+navigation = st.navigation([st.Page(str(HERE / path), title=title, icon=icon) for path, title, icon in pages])
 navigation.run()

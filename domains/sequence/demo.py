@@ -65,38 +65,28 @@ def _log(message: str) -> None:
 def _store(out: Path, name: str, model: str, data: str, layer: int, read: dict[str, Any], progress: bool,
            random_weights: int | None = None, n_antibodies: int | None = None) -> Any:
     import workbench
-    from workbench.errors import StoreError
+    from workbench.demo_support import store_once
 
-    path = out / name
-    try:
-        store = workbench.open_store(path)
-        _log(f"reusing {path}")
-        return store
-    except StoreError:
-        pass
+    def make() -> Any:
+        inputs: Any = bundled(data)
+        if n_antibodies is not None:
+            from .readers import read_table
+
+            records = read_table(inputs, **read)
+            keep = list(dict.fromkeys(_group(r.id) for r in records))[:n_antibodies]
+            inputs = [r for r in records if _group(r.id) in set(keep)]
+        return workbench.extract(model, inputs, layers=[layer], out=out / name, read_options=None if n_antibodies else read,
+                                 progress=progress, random_weights=random_weights)
+
     what = f"{model} (random weights, seed {random_weights})" if random_weights is not None else model
-    _log(f"{name}: {what} layer {layer} on bundled {data}")
-    inputs: Any = bundled(data)
-    if n_antibodies is not None:
-        from .readers import read_table
-
-        records = read_table(inputs, **read)
-        keep = list(dict.fromkeys(_group(r.id) for r in records))[:n_antibodies]
-        inputs = [r for r in records if _group(r.id) in set(keep)]
-    return workbench.extract(model, inputs, layers=[layer], out=path, read_options=None if n_antibodies else read,
-                             progress=progress, random_weights=random_weights)
+    return store_once(out / name, make, _log, f"{name}: {what} layer {layer} on bundled {data}")
 
 
 def _sae(store: Any, out: Path, cfg: DemoConfig, progress: bool) -> Path:
-    from workbench.sae import TrainConfig, train_sae
+    from workbench.demo_support import topk_sae_once
 
-    if (out / "metrics.json").is_file():
-        _log(f"reusing {out}")
-        return out
-    _log(f"training a TopK SAE (width {cfg.width}, k {cfg.k}, {cfg.n_tokens:,} tokens) on {store.path.name}")
-    train_sae(store, out=out, layer=cfg.layer, arch="topk", width=cfg.width, k=cfg.k,
-              train=TrainConfig(n_tokens=cfg.n_tokens, seed=cfg.seed), progress=progress)
-    return out
+    return topk_sae_once(store, out, layer=cfg.layer, width=cfg.width, k=cfg.k, n_tokens=cfg.n_tokens, seed=cfg.seed,
+                         progress=progress, log=_log)
 
 
 def _group(sequence_id: str) -> str:
@@ -128,6 +118,7 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
     import workbench
     from workbench._pipeline import AnnotateConfig
     from workbench.catalog import Catalog
+    from workbench.demo_support import Stages
     from workbench.errors import WorkbenchError
     from workbench.sae import load_sae
 
@@ -146,13 +137,8 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
     except WorkbenchError:
         pass
     tag = f"{cfg.model}_L{cfg.layer}"
-    seconds: dict[str, float] = {}
-
-    def stage(name: str, fn: Any) -> Any:
-        t = time.perf_counter()
-        result = fn()
-        seconds[name] = round(time.perf_counter() - t, 1)
-        return result
+    stage = Stages()
+    seconds = stage.seconds
 
     thera = stage("extract thera", lambda: _store(out, f"thera_{tag}", cfg.model, "therasabdab", cfg.layer, THERA_READ, progress,
                                                   n_antibodies=cfg.n_antibodies))
@@ -190,11 +176,13 @@ def _jain_headline(scores: Any) -> dict[str, float]:
 
 
 def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
+    from workbench.demo_support import fmt
+
     s = catalog.summary
     lines = [
         f"catalog: {path}  ({s.get('n_features')} features, {s.get('n_sequences')} sequences, {s.get('n_tokens')} tokens)",
-        f"SAE fidelity: FVE {_f(s.get('fve'))}, L0 {_f(s.get('l0'), 1)}, dead {_f(s.get('dead_fraction'))}, "
-        f"loss recovered {_f(s.get('loss_recovered'))}",
+        f"SAE fidelity: FVE {fmt(s.get('fve'))}, L0 {fmt(s.get('l0'), 1)}, dead {fmt(s.get('dead_fraction'))}, "
+        f"loss recovered {fmt(s.get('loss_recovered'))}",
         f"concepts captured (test F1 > 0.5) of {s.get('n_concepts')}: SAE {s.get('concepts_captured_sae')}, "
         f"neurons {s.get('concepts_captured_neurons')}, random-weight control {s.get('concepts_captured_random')}",
     ]
@@ -211,10 +199,3 @@ def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
             lines.extend(f"  - {item}" for item in items)
     lines.append(f"done in {seconds:.0f} s; open it with workbench.Catalog.open({str(path)!r})")
     print("\n".join(lines), flush=True)
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    try:
-        return f"{float(value):.{digits}f}"
-    except (TypeError, ValueError):
-        return "n/a"

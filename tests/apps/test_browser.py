@@ -7,8 +7,7 @@ Playwright launches the system's ``chromium``. The test is skipped when chromium
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,27 +16,13 @@ from apps.workbench_app.serving import chromium_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = chromium_path()
 
 
-def _artifacts() -> Path:
-    out = Path(os.environ.get("WORKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 @pytest.fixture(scope="module")
-def server(demo_catalog: Path) -> Iterator[str]:
-    """``workbench app CATALOG --port N`` in the background; the base URL once the server answers."""
-    from apps.workbench_app.serving import serve_app
-
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (make setup installs Debian's chromium)")
-        pytest.skip("Debian's chromium is not installed")
-    with open(_artifacts() / "streamlit.log", "w") as log, serve_app(demo_catalog, log=log) as url:
-        yield url
+def server(serve_catalog: Callable[[Path, str], str], demo_catalog: Path) -> str:
+    """``workbench app CATALOG --port N`` on the catalog in the background; the base URL once it answers."""
+    return str(serve_catalog(demo_catalog, "streamlit.log"))
 
 
 def _wait_for_app(page, text: str) -> None:  # type: ignore[no-untyped-def]
@@ -47,7 +32,7 @@ def _wait_for_app(page, text: str) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_timeout(500)
 
 
-def test_pages_render_real_content_in_chromium(server: str, demo_catalog: Path) -> None:
+def test_pages_render_real_content_in_chromium(server: str, demo_catalog: Path, artifacts: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     from workbench.catalog import Catalog
@@ -56,7 +41,7 @@ def test_pages_render_real_content_in_chromium(server: str, demo_catalog: Path) 
     var = cat.features
     fid = str(var.sort_values("top_f1", ascending=False).index[0])
     concept = str(var.loc[fid, "top_concept"])
-    shots = _artifacts()
+    shots = artifacts
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:

@@ -249,7 +249,7 @@ def test_ablation_removes_exactly_the_decoded_feature(real) -> None:  # type: ig
     """The ablation edit equals h - (decode(c) - decode(c without f)); steering adds the scaled decoder row."""
     import torch
 
-    from workbench.discovery import _feature_edit
+    from workbench.discovery import feature_edit
 
     store, sae, feats, _, _ = real
     h = torch.as_tensor(store.get_sequence(str(store.sequences["sequence_id"].iloc[0]), 1))
@@ -258,12 +258,12 @@ def test_ablation_removes_exactly_the_decoded_feature(real) -> None:  # type: ig
     zeroed = codes.clone()
     zeroed[:, f] = 0
     state: dict[str, object] = {}
-    edited = _feature_edit(sae, f, mode="ablate", amount=0.0, state=state)(h)
+    edited = feature_edit(sae, f, mode="ablate", amount=0.0, state=state)(h)
     torch.testing.assert_close(edited, h - (sae.decode(codes) - sae.decode(zeroed)), rtol=1e-5, atol=1e-5)
     assert torch.equal(state["fires"], codes[:, f] > 0) and bool((codes[:, f] > 0).any())
     unchanged = ~(codes[:, f] > 0)
     assert torch.equal(edited[unchanged], h[unchanged])
-    steered = _feature_edit(sae, f, mode="steer", amount=2.0, state={})(h)
+    steered = feature_edit(sae, f, mode="steer", amount=2.0, state={})(h)
     torch.testing.assert_close(steered - h, (2.0 * sae.W_dec[f] * sae.input_scale).expand_as(h), rtol=1e-4, atol=1e-5)
 
 

@@ -169,3 +169,29 @@ def test_torchrun_two_processes_equals_one(tiny_esm2: Path, oas_fasta: Path, tmp
         np.testing.assert_array_equal(_all(ddp, layer), _all(store, layer))
     pd.testing.assert_frame_equal(ddp.obs(), store.obs())
     assert json.loads((out / "manifest.json").read_text())["n_tokens"] == store.n_tokens
+
+
+def test_labels_from_token_values_one_instance_per_sequence() -> None:
+    import pandas as pd
+
+    from workbench.concepts import labels_from_token_values
+
+    obs = pd.DataFrame({"sequence_id": ["a"] * 4 + ["b"] * 3, "position": [1, 2, 3, 4, 1, 2, 3]})
+    values = pd.DataFrame({"frame": ["top", "top", "bottom", None, "top", "bottom", "bottom"]})
+    seq = pd.DataFrame({"sequence_id": ["a", "b"], "label": ["x", None]})
+    labels = labels_from_token_values(obs, values, sequence_values=seq, source="m")
+    table = labels.token_concepts.set_index("concept")
+    assert table.loc["frame=top", "n_tokens"] == 3 and table.loc["frame=bottom", "n_tokens"] == 3
+    assert table.loc["frame=top", "n_instances"] == 2
+    top = labels.tokens[:, list(table.index).index("frame=top")].toarray().ravel()
+    assert top.tolist() == [True, True, False, False, True, False, False]
+    inst = labels.instances[:, list(table.index).index("frame=bottom")].toarray().ravel()
+    assert inst.tolist() == [0, 0, 1, 0, 0, 2, 2]
+    assert labels.sequence_concepts["concept"].tolist() == ["label=x"]
+    assert labels.sequences.toarray().ravel().tolist() == [True, False]
+    import pytest
+
+    from workbench.errors import InputError
+
+    with pytest.raises(InputError, match="rows"):
+        labels_from_token_values(obs, values.iloc[:3])

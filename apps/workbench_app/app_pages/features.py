@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from apps.workbench_app import _images as images
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog, select_feature
 from workbench.errors import WorkbenchError
@@ -200,8 +201,21 @@ def _associations(cat: Any, fid: str, info: dict[str, Any]) -> None:
                    "trained on a random-weight copy of the model).")
 
 
+def _image_examples(cat: Any, fid: str) -> None:
+    """Image catalogs: each example as its image with the feature's activation map laid over it."""
+    if not images.example_tiles(cat, fid):
+        st.info("No examples: the feature never fires on the analysed images.")
+        return
+    st.caption("Activation map of the feature (the layer's grid upsampled to the image, as a fraction of the feature's "
+               "max) over each image; brighter and more opaque = stronger. More in the Images page.")
+    images.show_example_grid(cat, fid, bins_note="bins of the per-image maxima, highest bin first")
+
+
 def _examples(cat: Any, fid: str) -> None:
     st.subheader("Examples")
+    if images.is_image_catalog(cat):
+        _image_examples(cat, fid)
+        return
     has_imgt = "imgt" in cat.sequences.columns
     align = has_imgt and st.toggle("Align on IMGT positions", value=True, key=ALIGN,
                                    help="Columns = IMGT positions (insertions share their position's column); CDRs marked")
@@ -211,7 +225,7 @@ def _examples(cat: Any, fid: str) -> None:
         return
     st.html(views.legend_html())
     top = [r for r in rows if r.extra.get("kind") == "top"]
-    rest = sorted((r for r in rows if r.extra.get("kind") != "top"), key=lambda r: _bin_start(r.extra.get("kind", "")),
+    rest = sorted((r for r in rows if r.extra.get("kind") != "top"), key=lambda r: images.bin_start(r.extra.get("kind", "")),
                   reverse=True)
     st.markdown(f"**Top-activating sequences** ({len(top)})")
     st.html(views.examples_html(top, align=bool(align)))
@@ -219,14 +233,6 @@ def _examples(cat: Any, fid: str) -> None:
         st.markdown(f"**Sequences from the activation quantiles** ({len(rest)}: bins of the per-sequence maxima over the "
                     "sequences it fires in, highest bin first)")
         st.html(views.examples_html(rest, align=bool(align)))
-
-
-def _bin_start(kind: str) -> float:
-    """Lower quantile of a ``"q0.25-0.5"`` example kind (for sorting; -1 when unparsable)."""
-    try:
-        return float(kind.removeprefix("q").split("-")[0])
-    except ValueError:
-        return -1.0
 
 
 def _probe(cat: Any, fid: str, info: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from apps.workbench_app import _live
+from apps.workbench_app._images import is_image_catalog
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog
 from workbench.errors import WorkbenchError
@@ -95,6 +96,10 @@ def _show_result(cat: Any, result: _live.LiveResult) -> None:
 
 catalog = get_catalog()
 st.title("Live input")
+if is_image_catalog(catalog):
+    st.info("Live input takes sequences; this catalog holds images. To analyse new images, extract their activations "
+            "with `workbench extract` and build a catalog from them.")
+    st.stop()
 prov = catalog.provenance
 model_source, sae_path, problem = _live.live_sources(prov)
 st.caption(

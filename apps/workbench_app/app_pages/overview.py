@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from apps.workbench_app import _images as images
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog
 from workbench.errors import WorkbenchError
@@ -60,6 +61,37 @@ def _model(cat: Any) -> None:
         keep = {k: prov.get(k) for k in ("model_source", "sae_path", "store_path", "created", "workbench_version",
                                          "schema_version", "store_manifest_sha256", "weights_sha256") if k in prov}
         st.json({**keep, "sae_config": cfg}, expanded=False)
+
+
+def _imaging(cat: Any) -> None:
+    """Image catalogs: the model's own pathology performance against its features (pooled per image)."""
+    s = cat.summary
+    info = cat.image_info or {}
+    positive = str(s.get("pathology") or info.get("positive_class") or "pathology")
+    st.subheader(f"Pathology: {positive}")
+    c = st.columns(3)
+    c[0].metric("Model test AUROC", views.fmt_num(s.get("model_test_auroc")),
+                help=f"The model's {positive} probability on the held-out test images")
+    c[1].metric("Model test accuracy", views.fmt_pct(s.get("model_test_accuracy"), digits=3))
+    best = s.get("best_feature")
+    c[2].metric("Best single feature test AUROC", views.fmt_num(s.get("best_feature_test_auroc")),
+                help=f"{best or '–'} ({s.get('best_feature_direction', '?')} in {positive}; its mean-pooled activation "
+                     "as the score), chosen on the train + validation images")
+    adjusted = s.get("pathology_significant_adjusted") or {}
+    raw = s.get("pathology_significant_unadjusted") or {}
+    tested = s.get("pathology_features_tested") or {}
+    c = st.columns(3)
+    for col, (key, label) in zip(c, (("sae", "SAE"), ("neurons", "neurons"), ("random_sae", "random-weight SAE"))):
+        n = adjusted.get(key)
+        col.metric(f"Pathology features ({label})",
+                   "not run" if views.is_missing(n) else f"{int(n)} / {views.fmt_num(tested.get(key))}",
+                   help=f"Units whose per-image mean activation is associated with {positive} at q < 0.05 after "
+                        f"controlling for brightness, contrast, edges and position (of those tested); without that "
+                        f"control: {views.fmt_num(raw.get(key))}")
+    if not views.is_missing(best) and str(best).startswith("f") and st.button(f"open {best}", key="_ovimg_best"):
+        views.open_feature(str(best))
+    st.caption("Per image: mean activation over the layer's grid. Best single feature vs the model: how much of the "
+               "model's pathology call one feature carries. The Images page shows the features on the images.")
 
 
 def _captured(cat: Any) -> None:
@@ -227,6 +259,8 @@ def main() -> None:
     st.title("Overview")
     st.caption(f"Catalog: {cat.path.parent if cat.path.name == 'catalog.h5ad' else cat.path}")
     _model(cat)
+    if images.is_image_catalog(cat):
+        _imaging(cat)
     left, right = st.columns(2)
     with left:
         _captured(cat)
