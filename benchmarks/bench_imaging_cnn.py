@@ -72,7 +72,6 @@ def _split(path: Path, split: str):
 
 def score_cnn(weights: Path, npz: Path) -> dict[str, float]:
     """Test accuracy and AUC of the shipped weights, with the preprocessing recorded in their metadata."""
-    import numpy as np
     import torch
     from safetensors import safe_open
 

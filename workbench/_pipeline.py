@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workbench.errors import InputError, WorkbenchError
+from workbench.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -262,7 +262,6 @@ def associate(
     (``len == n_tokens``); sequences are split into validation and test halves by :func:`sequence_split`.
     """
     import pandas as pd
-    import scipy.sparse as sp
     from scipy.stats import false_discovery_control, hypergeom
 
     if features.values.shape[0] != labels.n_tokens or len(token_sequence) != labels.n_tokens:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 __all__ = ["run", "ImagingDemoConfig", "run_dataset"]
 
