@@ -66,6 +66,12 @@ def _rows(tensor: torch.Tensor, point: HookPoint) -> torch.Tensor:
     return tensor
 
 
+def _check_rows(rows: torch.Tensor, keep: torch.Tensor, layer: int) -> None:
+    if tuple(rows.shape[:2]) != tuple(keep.shape):
+        raise ModelError(f"layer {layer} gives {tuple(rows.shape[:2])} rows per batch but the batch was built for "
+                         f"{tuple(keep.shape)}: call adapter.prepare([{layer}]) before building batches for this layer")
+
+
 def _unrows(rows: torch.Tensor, original: torch.Tensor, point: HookPoint) -> torch.Tensor:
     """Inverse of :func:`_rows`: the edited ``(B, T, D)`` rows back in the hooked tensor's layout."""
     if point.seq_first:
@@ -282,7 +288,9 @@ class Adapter(ABC):
 
         def make_hook(layer: int, point: HookPoint) -> Callable[..., None]:
             def grab(tensor: torch.Tensor) -> None:
-                captured[layer] = _rows(tensor, point)[keep]
+                rows = _rows(tensor, point)
+                _check_rows(rows, keep, layer)
+                captured[layer] = rows[keep]
                 if layer == deepest:
                     raise _StopForward
 
@@ -315,6 +323,7 @@ class Adapter(ABC):
 
         def edit(tensor: torch.Tensor) -> torch.Tensor:
             t = _rows(tensor, point).clone()
+            _check_rows(t, keep, layer)
             new = fn(t[keep])  # type: ignore[misc]
             if new.shape != (int(keep.sum()), t.shape[-1]):
                 raise ValueError(f"edit function returned shape {tuple(new.shape)}, expected {(int(keep.sum()), t.shape[-1])}")

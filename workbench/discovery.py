@@ -745,6 +745,7 @@ def causal_effects(
         else:
             raise InputError(f"feature {f} is outside the SAE's {sae.cfg.width} features")
 
+    adapter.prepare([layer])  # models whose rows depend on the layer (a conv layer's grid) batch for this one
     obs = store.obs(["sequence_id"])
     seq, seq_ids = _token_sequence(obs)
     csc = feature_matrix.values.tocsc()

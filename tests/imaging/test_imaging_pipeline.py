@@ -145,3 +145,29 @@ def test_demo_trains_the_cnn_only_when_its_weights_are_missing(tmp_path: Path, m
     stamp = target.stat().st_mtime_ns
     _ensure_weights("breastmnist", ImagingDemoConfig(train_epochs=1), progress=False)  # present: not trained again
     assert target.stat().st_mtime_ns == stamp
+
+
+def test_model_loss_and_causal_check_on_a_non_default_layer(tiny_vision_card: Path, tmp_path: Path) -> None:
+    """A fresh adapter (loaded from the store's manifest) batches for the store's layer, not the card's default."""
+    import workbench
+    from domains.imaging.readers import bundled, read_medmnist
+    from workbench.associate import feature_matrix
+    from workbench.discovery import causal_effects
+    from workbench.errors import ModelError
+    from workbench.sae import TrainConfig, train_sae
+
+    recs = read_medmnist(bundled("breastmnist"), splits=("val",), limit=20)
+    store = workbench.extract(str(tiny_vision_card), recs, layers=["layer2"], out=tmp_path / "s", progress=False)
+    result = train_sae(store, out=tmp_path / "sae", layer=2, width=32, k=4, progress=False,
+                       train=TrainConfig(n_tokens=20_000, batch_size=256, loss_recovered_sequences=8, holdout_fraction=0.3))
+    lr = result.metrics["loss_recovered"]
+    assert "skipped" not in lr and lr["sequences"] > 0 and np.isfinite(lr["ce_sae"])
+    fresh = workbench.load_adapter(str(tiny_vision_card))
+    table = causal_effects(fresh, store, result.sae, layer=2, features=[0, 1], n_sequences=3,
+                           feature_matrix=feature_matrix(store, result.sae, layer=2))
+    assert len(table) == 2 and np.isfinite(table["kl_firing"]).any()
+    # a batch built for another layer's grid is refused with a clear message
+    fresh.prepare([3])
+    batch = next(fresh.batches(recs, tokens_per_batch=49 * 2))
+    with pytest.raises(ModelError, match="prepare"):
+        fresh.run_with_edit(batch, 2, lambda h: h)

@@ -87,6 +87,7 @@ def loss_recovered(
     """
     held = sorted(store.heldout_sequences(holdout_fraction)) or list(store.sequences["sequence_id"])
     ids = held[:n_sequences]
+    adapter.prepare([layer])  # models whose rows depend on the layer (a conv layer's grid) batch for this one
     records = adapter.records_from_store(store, ids)
     mean = sae.input_mean.clone() if sae.cfg.normalize else torch.from_numpy(np.asarray(store.shard_activations(0, layer)[:4096], dtype=np.float32)).mean(0)
     edits = {
