@@ -489,3 +489,23 @@ def open_feature(fid: str) -> None:
         st.switch_page(FEATURES_PAGE, query_params={"feature": fid})
     except StreamlitAPIException:
         st.info(f"Selected {fid}: open the Feature browser page to see it.")
+
+
+def asked_feature(cat: Catalog) -> str | None:
+    """The feature other pages selected (``st.session_state["feature"]``) as a catalog id; warns in the page and
+    returns None when it names no feature."""
+    import streamlit as st
+
+    asked = st.session_state.get("feature")
+    fid = resolve_feature(cat, asked)
+    if fid is None and not is_missing(asked) and str(asked).strip():
+        st.warning(f"No feature {str(asked)!r} in this catalog; showing another feature instead.")
+    return fid
+
+
+def csv_download(frame: pd.DataFrame, *, name: str, key: str) -> None:
+    """A download button for ``frame`` as ``<name>.csv`` (the rows shown, as they are)."""
+    import streamlit as st
+
+    st.download_button(f"Download {len(frame):,} rows (CSV)", frame.to_csv(index=False).encode("utf-8"),
+                       file_name=f"{name}.csv", mime="text/csv", key=f"{key}_csv", icon=":material/download:")

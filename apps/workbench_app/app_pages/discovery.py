@@ -71,13 +71,6 @@ def _open_picker(cat: Any, frame: pd.DataFrame, *, key: str) -> None:
         views.open_feature(fid)
 
 
-def _download(frame: pd.DataFrame, *, name: str, key: str) -> None:
-    st.download_button(
-        f"Download {len(frame):,} rows (CSV)", frame.to_csv(index=False).encode("utf-8"), file_name=f"{name}.csv",
-        mime="text/csv", key=f"{key}_csv", icon=":material/download:",
-    )
-
-
 def _show_table(frame: pd.DataFrame, *, key: str, column_config: dict[str, Any]) -> str | None:
     event = st.dataframe(frame, hide_index=True, column_config=column_config, on_select="rerun",
                          selection_mode="single-row", key=f"{key}_table", width="stretch")
@@ -146,7 +139,7 @@ def _table_actions(cat: Any, filtered: pd.DataFrame, picked: str | None, *, name
     """Open a feature picked in the table, offer the filtered rows as CSV, and a picker of the listed features."""
     if picked:
         views.open_feature(picked)
-    _download(filtered, name=name, key=key)
+    views.csv_download(filtered, name=name, key=key)
     _open_picker(cat, filtered, key=key)
 
 
@@ -236,7 +229,7 @@ def rediscovery_tab(cat: Any) -> None:
     })
     if picked:
         views.open_feature(picked)
-    _download(table, name="rediscovery", key="rediscovery")
+    views.csv_download(table, name="rediscovery", key="rediscovery")
     _open_picker(cat, table, key="rediscovery")
 
 

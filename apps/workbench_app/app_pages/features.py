@@ -43,10 +43,7 @@ def _current_feature(cat: Any) -> str:
             st.warning(f"No feature {qp!r} in this catalog (ids run from {cat.features.index[0]} to "
                        f"{cat.features.index[-1]}); showing another feature instead.")
     if chosen is None:
-        asked = ss.get("feature")
-        chosen = views.resolve_feature(cat, asked)
-        if chosen is None and not views.is_missing(asked) and str(asked).strip():
-            st.warning(f"No feature {str(asked)!r} in this catalog; showing another feature instead.")
+        chosen = views.asked_feature(cat)
     if chosen is None:
         chosen = _default_feature(cat)
     select_feature(chosen)

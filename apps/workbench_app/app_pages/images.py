@@ -70,12 +70,7 @@ def _default_feature(cat: Any) -> str:
 
 
 def _current_feature(cat: Any) -> str:
-    asked = st.session_state.get("feature")
-    fid = views.resolve_feature(cat, asked)
-    if fid is None and not views.is_missing(asked) and str(asked).strip():
-        st.warning(f"No feature {str(asked)!r} in this catalog; showing another feature instead.")
-    if fid is None:
-        fid = _default_feature(cat)
+    fid = views.asked_feature(cat) or _default_feature(cat)
     select_feature(fid)
     return fid
 
@@ -267,20 +262,21 @@ def pathology_tab(cat: Any, positive: str) -> None:
     table, significant = _pathology_table(cat, positive)
     if significant:
         st.markdown(f"**{len(table):,} SAE features associated with {views.md_escape(positive)}** after adjustment "
-                    f"(q < {ALPHA}), strongest first (|adjusted AUROC − 0.5|)")
+                    f"(q < {ALPHA}), strongest first (|partial correlation| given the confounds)")
     else:
         st.info(f"No SAE feature is associated with {positive} at q < {ALPHA} once brightness, contrast, edges and "
                 "position are controlled; the ten strongest (not significant) are listed.")
     event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                          key="_im_path_table", column_config={
                              "auroc": st.column_config.NumberColumn("AUROC", format="%.3f"),
+                             "partial_r": st.column_config.NumberColumn("partial r", format="%.3f"),
                              "auroc_adjusted": st.column_config.NumberColumn("adjusted AUROC", format="%.3f"),
                              "q_adjusted": st.column_config.NumberColumn("q (adjusted)", format="%.1e"),
                              "mean_with": st.column_config.NumberColumn("mean with", format="%.4f"),
                              "mean_without": st.column_config.NumberColumn("mean without", format="%.4f"),
                              "top_precision": st.column_config.NumberColumn("top precision", format="%.2f"),
                          })
-    _download(table, name="pathology_features", key="_im_path")
+    views.csv_download(table, name="pathology_features", key="_im_path")
     rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
     picked = str(table["feature"].iloc[rows[0]]) if rows and rows[0] < len(table) else None
     if picked and picked != st.session_state.get(SEEN_ROW):
@@ -301,20 +297,16 @@ def pathology_tab(cat: Any, positive: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ (d) causal
-def _download(frame: pd.DataFrame, *, name: str, key: str) -> None:
-    st.download_button(f"Download {len(frame):,} rows (CSV)", frame.to_csv(index=False).encode("utf-8"),
-                       file_name=f"{name}.csv", mime="text/csv", key=f"{key}_csv", icon=":material/download:")
-
-
 def causal_tab(cat: Any, positive: str) -> None:
     st.subheader("Ablating pathology features")
     if "pathology_causal" not in cat.tables:
         st.info("This catalog has no `pathology_causal` table.")
     else:
         table = cat.table("pathology_causal")
-        st.caption(f"Change of the {positive} logit when the feature is ablated (set to zero in the SAE reconstruction) "
+        st.caption(f"Change of the {positive} logit when the feature's contribution is removed from the layer "
                    "on images where it fires vs images where it is silent; flip = share of firing images whose call "
-                   "changes.")
+                   "changes. Rows of kind 'group' remove several features at once: the strongest pathology features, "
+                   "and as many random live features as a control.")
         if table.empty:
             st.info("No feature was ablated (no pathology feature passed the significance filter).")
         else:
@@ -329,7 +321,7 @@ def causal_tab(cat: Any, positive: str) -> None:
                 "flip_fraction": st.column_config.NumberColumn("flip fraction", format="%.2f"),
                 "mean_activation_firing": st.column_config.NumberColumn("mean act. (firing)", format="%.3f"),
             })
-            _download(table, name="pathology_causal", key="_im_causal")
+            views.csv_download(table, name="pathology_causal", key="_im_causal")
 
     st.subheader("Where the model and its features disagree")
     if "disagreements" not in cat.tables:
@@ -358,7 +350,7 @@ def causal_tab(cat: Any, positive: str) -> None:
         "p_model": st.column_config.NumberColumn("model p", format="%.3f"),
         "score": st.column_config.NumberColumn("feature score", format="%.3f"),
     })
-    _download(table, name="disagreements", key="_im_disagree")
+    views.csv_download(table, name="disagreements", key="_im_disagree")
 
 
 # ------------------------------------------------------------------------------------------------------------ page
