@@ -11,7 +11,7 @@ Annotation sources live in the domains; they only need to return this object. Th
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,36 +22,120 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import scipy.sparse as sp
 
-__all__ = ["ConceptLabels", "labels_from_spans", "labels_from_token_values", "labels_from_sequence_values", "concat_labels"]
+__all__ = ["ConceptLabels", "labels_from_spans", "labels_from_token_values", "labels_from_sequence_values", "concat_labels",
+           "scope_labels"]
 
 
 @dataclass
 class ConceptLabels:
-    """Per-token and per-sequence concept labels for one store."""
+    """Per-token and per-sequence concept labels for one store.
+
+    A token (sequence) outside a concept's *scope* is unlabelled for that concept: neither positive nor negative.
+    Concepts without a scope (the default) are defined on every token: what is not labelled is negative. Scopes
+    let a source say where it could decide at all (the residues compared with an assigned germline; the numbered
+    residues of chains ANARCI could number), so that statistics count negatives only where the source looked.
+    """
 
     tokens: sp.csr_matrix
     """``(n_tokens, n_token_concepts)`` boolean: token ``i`` carries concept ``j``."""
     instances: sp.csr_matrix
     """Same shape, int32: 1-based id of the span (instance) of concept ``j`` that token ``i`` belongs to."""
     token_concepts: pd.DataFrame
-    """One row per token concept: ``concept``, ``source``, ``n_tokens``, ``n_instances``, ``n_sequences``."""
+    """One row per token concept: ``concept``, ``source``, ``n_tokens``, ``n_instances``, ``n_sequences``, and
+    ``scope`` (a key of :attr:`scopes`, ``""`` for concepts defined on every token) when any concept is scoped."""
     sequences: sp.csr_matrix
     """``(n_sequences, n_sequence_concepts)`` boolean, in the store's sequence order."""
     sequence_concepts: pd.DataFrame
-    """One row per sequence concept: ``concept``, ``source``, ``n_sequences``."""
+    """One row per sequence concept: ``concept``, ``source``, ``n_sequences``, and ``scope`` (a key of
+    :attr:`sequence_scopes`, ``""`` for all sequences) when any sequence concept is scoped."""
+    scopes: dict[str, np.ndarray] = field(default_factory=dict)
+    """Named boolean token masks (``n_tokens``): the tokens on which the concepts naming the scope are defined."""
+    sequence_scopes: dict[str, np.ndarray] = field(default_factory=dict)
+    """Named boolean sequence masks (``n_sequences``), the same for sequence concepts."""
+    measures: pd.DataFrame | None = None
+    """Optional numeric per-sequence values in the store's sequence order (``shm_count``, ``cdr3_length``...):
+    NaN where the source could not measure. Continuous covariates and targets for sequence-level analyses."""
 
     @property
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
+    def token_scope(self, concept: int | str) -> np.ndarray | None:
+        """Boolean token mask where token concept ``concept`` (index or name) is defined; None for every token."""
+        return self._scope_of(concept, self.token_concepts, self.scopes)
+
+    def sequence_scope(self, concept: int | str) -> np.ndarray | None:
+        """Boolean sequence mask where sequence concept ``concept`` is defined; None for every sequence."""
+        return self._scope_of(concept, self.sequence_concepts, self.sequence_scopes)
+
+    @staticmethod
+    def _scope_of(concept: int | str, table: pd.DataFrame, scopes: dict[str, np.ndarray]) -> np.ndarray | None:
+        if "scope" not in table.columns:
+            return None
+        j = concept if isinstance(concept, (int, np.integer)) else table["concept"].tolist().index(concept)
+        name = str(table["scope"].iloc[int(j)] or "")
+        return scopes[name] if name else None
+
+    def scope_matrix(self, level: str = "token") -> tuple[np.ndarray | None, np.ndarray]:
+        """``(masks, index)``: masks ``(n_rows, n_scopes)`` boolean (None when nothing is scoped) and, per concept,
+        the column of its scope in ``masks`` (-1: defined everywhere). ``level`` is ``"token"`` or ``"sequence"``."""
+        table, scopes = ((self.token_concepts, self.scopes) if level == "token"
+                         else (self.sequence_concepts, self.sequence_scopes))
+        index = np.full(len(table), -1, dtype=np.int64)
+        if "scope" not in table.columns or not scopes:
+            return None, index
+        names = list(scopes)
+        col = {n: k for k, n in enumerate(names)}
+        index = np.array([col.get(str(s or ""), -1) for s in table["scope"]], dtype=np.int64)
+        if (index < 0).all():
+            return None, index
+        return np.stack([np.asarray(scopes[n], dtype=bool) for n in names], axis=1), index
+
     def select(self, min_tokens: int = 1, min_sequences: int = 1) -> ConceptLabels:
         """Keep concepts with at least ``min_tokens`` labelled tokens (token concepts) / ``min_sequences`` sequences."""
         keep_t = np.flatnonzero(self.token_concepts["n_tokens"].to_numpy() >= min_tokens)
         keep_s = np.flatnonzero(self.sequence_concepts["n_sequences"].to_numpy() >= min_sequences)
+        return self.subset(keep_t, keep_s)
+
+    def subset(self, token_columns: Sequence[int] | np.ndarray | None = None,
+               sequence_columns: Sequence[int] | np.ndarray | None = None) -> ConceptLabels:
+        """These labels with only the given token / sequence concept columns (None keeps all); scopes and measures
+        are kept."""
+        kt = np.arange(self.tokens.shape[1]) if token_columns is None else np.asarray(token_columns, dtype=np.int64)
+        ks = np.arange(self.sequences.shape[1]) if sequence_columns is None else np.asarray(sequence_columns, dtype=np.int64)
         return ConceptLabels(
-            self.tokens[:, keep_t], self.instances[:, keep_t], self.token_concepts.iloc[keep_t].reset_index(drop=True),
-            self.sequences[:, keep_s], self.sequence_concepts.iloc[keep_s].reset_index(drop=True),
+            self.tokens[:, kt], self.instances[:, kt], self.token_concepts.iloc[kt].reset_index(drop=True),
+            self.sequences[:, ks], self.sequence_concepts.iloc[ks].reset_index(drop=True),
+            dict(self.scopes), dict(self.sequence_scopes), self.measures,
         )
+
+
+def scope_labels(labels: ConceptLabels, *, tokens: Any = None, sequences: Any = None, name: str,
+                 token_concepts: Sequence[str] | None = None, sequence_concepts: Sequence[str] | None = None) -> ConceptLabels:
+    """Give ``labels`` a scope ``name``: ``tokens`` / ``sequences`` are boolean masks (store order) of where its
+    concepts are defined; they apply to the named concepts, or to all of that level when none are named. Labels
+    outside the mask are an error (a labelled token is always in scope)."""
+    for level, mask, names, table, matrix, store in (
+        ("token", tokens, token_concepts, labels.token_concepts, labels.tokens, labels.scopes),
+        ("sequence", sequences, sequence_concepts, labels.sequence_concepts, labels.sequences, labels.sequence_scopes),
+    ):
+        if mask is None:
+            continue
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (matrix.shape[0],):
+            raise InputError(f"{level} scope {name!r} has {mask.shape} entries for {matrix.shape[0]} {level}s")
+        cols = (np.arange(len(table)) if names is None
+                else np.flatnonzero(table["concept"].isin(list(names)).to_numpy()))
+        outside = matrix[:, cols][~mask].nnz if len(cols) else 0
+        if outside:
+            raise InputError(f"{outside} labels of scope {name!r} lie outside it")
+        store[name] = mask
+        if "scope" not in table.columns:
+            table["scope"] = ""
+        scope = table["scope"].to_numpy(dtype=object)
+        scope[cols] = name
+        table["scope"] = scope
+    return labels
 
 
 def _token_index(obs: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -202,7 +286,8 @@ def labels_from_sequence_values(sequence_ids: Sequence[str], values: pd.DataFram
 
 
 def concat_labels(parts: Iterable[ConceptLabels]) -> ConceptLabels:
-    """Side-by-side union of label sets for the same store (concept names must not collide)."""
+    """Side-by-side union of label sets for the same store (concept names must not collide; scopes of one name must
+    be the same mask; measures are joined by column)."""
     import pandas as pd
     import scipy.sparse as sp
 
@@ -211,13 +296,35 @@ def concat_labels(parts: Iterable[ConceptLabels]) -> ConceptLabels:
         raise InputError("no concept labels to combine")
     if len({p.n_tokens for p in parts}) != 1:
         raise InputError("concept labels come from stores of different sizes")
-    token_concepts = pd.concat([p.token_concepts for p in parts], ignore_index=True)
-    sequence_concepts = pd.concat([p.sequence_concepts for p in parts], ignore_index=True)
+    scoped_t = any("scope" in p.token_concepts.columns for p in parts)
+    scoped_s = any("scope" in p.sequence_concepts.columns for p in parts)
+
+    def with_scope(table: pd.DataFrame, scoped: bool) -> pd.DataFrame:
+        return table.assign(scope="") if scoped and "scope" not in table.columns else table
+
+    token_concepts = pd.concat([with_scope(p.token_concepts, scoped_t) for p in parts], ignore_index=True)
+    sequence_concepts = pd.concat([with_scope(p.sequence_concepts, scoped_s) for p in parts], ignore_index=True)
     for table in (token_concepts, sequence_concepts):
         dup = table["concept"][table["concept"].duplicated()].tolist()
         if dup:
             raise InputError(f"concept names appear in two sources: {dup[:3]}")
+    scopes: dict[str, np.ndarray] = {}
+    sequence_scopes: dict[str, np.ndarray] = {}
+    for p in parts:
+        for merged, own in ((scopes, p.scopes), (sequence_scopes, p.sequence_scopes)):
+            for name, mask in own.items():
+                if name in merged and not np.array_equal(merged[name], mask):
+                    raise InputError(f"two sources define scope {name!r} differently")
+                merged[name] = mask
+    frames = [p.measures for p in parts if p.measures is not None]
+    measures = None
+    if frames:
+        dup = pd.Index([c for f in frames for c in f.columns])
+        if dup.duplicated().any():
+            raise InputError(f"measures appear in two sources: {dup[dup.duplicated()].tolist()[:3]}")
+        measures = pd.concat([f.reset_index(drop=True) for f in frames], axis=1)
     return ConceptLabels(
         sp.hstack([p.tokens for p in parts], format="csr"), sp.hstack([p.instances for p in parts], format="csr"),
         token_concepts, sp.hstack([p.sequences for p in parts], format="csr"), sequence_concepts,
+        scopes, sequence_scopes, measures,
     )

@@ -244,7 +244,7 @@ def test_anarci_numbering_maps_back_to_input_positions(thera_records: list[Seque
     heavy = next(r.sequence for r in thera_records if r.id == "Trastuzumab|heavy")
     table = anarci_numbering({"plain": heavy, "tagged": "MGSSHHHHHH" + heavy + "GGGGS"})
     assert list(table.columns) == ["sequence_id", "domain", "position", "imgt_position", "insertion", "region",
-                                   "chain_type"]
+                                   "chain_type", "residue"]
     plain = table[table["sequence_id"] == "plain"].reset_index(drop=True)
     tagged = table[table["sequence_id"] == "tagged"].reset_index(drop=True)
     assert plain["position"].tolist() == list(range(1, len(heavy) + 1))

@@ -21,7 +21,7 @@ pytest.importorskip("pyhmmer")
 
 import workbench  # noqa: E402
 from domains.sequence.annotations import SOURCES, sequence_labels  # noqa: E402
-from domains.sequence.pfam import CONCEPT_GROUP, HIT_COLUMNS, pfam_hits, pfam_labels  # noqa: E402
+from domains.sequence.annotations.pfam import CONCEPT_GROUP, HIT_COLUMNS, pfam_hits, pfam_labels  # noqa: E402
 from domains.sequence.readers import read_fasta, read_uniprot  # noqa: E402
 from domains.sequence.records import SequenceRecord  # noqa: E402
 from workbench.concepts import ConceptLabels  # noqa: E402

@@ -165,7 +165,7 @@ def _empty_hits() -> pd.DataFrame:
 def _pfam_from(obs: pd.DataFrame, sequence_ids: Sequence[str], hmm_path: PathLike, *, e_value: float = 1e-3,
                cpus: int = 1, bit_cutoffs: BitCutoffs | None = None) -> ConceptLabels:
     """Labels from the store's token table (what :func:`~domains.sequence.annotations.sequence_labels` calls)."""
-    from domains.sequence.annotations import _build, _sequences_from_obs
+    from ._common import _build, _sequences_from_obs
 
     hits = pfam_hits(_sequences_from_obs(obs), hmm_path, e_value=e_value, cpus=cpus, bit_cutoffs=bit_cutoffs)
     concept = f"{CONCEPT_GROUP}=" + hits["hmm_name"].astype(str)
@@ -189,7 +189,7 @@ def pfam_labels(store: ActivationStore, hmm_path: PathLike, *, e_value: float = 
     end may be missed). ``token_concepts.attrs`` holds ``pfam_domains``, ``pfam_sequences_with_hits`` and
     ``pfam_hmm_file``. ``e_value``, ``cpus`` and ``bit_cutoffs`` are those of :func:`pfam_hits`.
     """
-    from domains.sequence.annotations import _obs, _sequence_ids
+    from ._common import _obs, _sequence_ids
 
     return _pfam_from(_obs(store), _sequence_ids(store), hmm_path, e_value=e_value, cpus=cpus,
                       bit_cutoffs=bit_cutoffs)

@@ -1,0 +1,3 @@
+"""Liabilities (placeholder while being written)."""
+LIABILITY_MOTIFS = {}
+def liability_labels(*a, **k): raise NotImplementedError
