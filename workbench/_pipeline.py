@@ -82,7 +82,9 @@ def _groups_of(concepts: Sequence[str]) -> np.ndarray:
 
 
 def probe_groups(labels: ConceptLabels, *, level: str, max_values: int = 30, min_coverage: float = 0.5) -> list[str]:
-    """Concept groups suitable as probe targets: 2 to ``max_values`` values covering ``min_coverage`` of the rows."""
+    """Concept groups suitable as probe targets: 2 to ``max_values`` values covering ``min_coverage`` of the rows
+    (of the rows inside the group's scope, for a group whose concepts all have a scope: outside it the target is
+    NaN, see :func:`~workbench.probes.token_targets`)."""
     if level == "token":
         matrix, table = labels.tokens, labels.token_concepts
     elif level == "sequence":
@@ -91,7 +93,10 @@ def probe_groups(labels: ConceptLabels, *, level: str, max_values: int = 30, min
         raise InputError(f"level must be 'token' or 'sequence', not {level!r}")
     if matrix.shape[1] == 0 or matrix.shape[0] == 0:
         return []
+    from workbench.probes import _group_coverage
+
     groups = _groups_of(table["concept"].tolist())
+    scopes = labels.scope_matrix(level)
     out = []
     for g in dict.fromkeys(groups):
         if not g:
@@ -99,7 +104,9 @@ def probe_groups(labels: ConceptLabels, *, level: str, max_values: int = 30, min
         cols = np.flatnonzero(groups == g)
         if not 2 <= len(cols) <= max_values:
             continue
-        covered = np.asarray((matrix[:, cols].sum(1) == 1)).ravel().mean()
+        single = np.asarray((matrix[:, cols].sum(1) == 1)).ravel()
+        inside = _group_coverage(scopes, cols)  # a scoped group: coverage of the rows where it is defined
+        covered = single.mean() if inside is None else (single[inside].mean() if inside.any() else 0.0)
         if covered >= min_coverage:
             out.append(str(g))
     return out
@@ -162,8 +169,10 @@ def annotate(
     (for example the antibody a chain belongs to) so cross-validated probes never split a group; by default each
     sequence is its own group. ``sequence_targets`` (index = sequence id) adds sequence-level probe targets;
     ``extra_tables`` go into the catalog as they are (``obsm_extra`` / ``uns_extra`` too: an image domain passes
-    the pixels and their description); ``metrics`` are the SAE's fidelity metrics (read from the
-    SAE folder's ``metrics.json`` when ``sae`` is a folder). Nothing is written at ``out`` unless everything succeeds.
+    the pixels and their description); ``labels.measures`` (numeric per-sequence values) become the table
+    ``sequence_measures`` (``sequence_id`` first); scoped concepts are scored inside their scopes throughout, and
+    the ``best_*`` tables give each concept's scope size (``n_scope``); ``metrics`` are the SAE's fidelity metrics
+    (read from the SAE folder's ``metrics.json`` when ``sae`` is a folder). Nothing is written at ``out`` unless everything succeeds.
     """
     import pandas as pd
 
@@ -306,6 +315,9 @@ def annotate(
             seed=cfg.seed))
 
     # -- catalog ------------------------------------------------------------------------------------------------------
+    measures = _measures_table(labels, ids)
+    if measures is not None:
+        tables["sequence_measures"] = measures
     for name, table in (extra_tables or {}).items():
         tables[name] = table
     var_extra = _var_extra(features.names, tables)
@@ -333,12 +345,25 @@ def annotate(
 
 
 def _without_sources(labels: ConceptLabels, sources: Sequence[str]) -> ConceptLabels:
-    """``labels`` without the token concepts of ``sources``."""
-    from workbench.concepts import ConceptLabels
-
+    """``labels`` without the token concepts of ``sources`` (scopes and measures kept)."""
     keep = np.flatnonzero(~labels.token_concepts["source"].isin(list(sources)).to_numpy())
-    return ConceptLabels(labels.tokens[:, keep], labels.instances[:, keep],
-                         labels.token_concepts.iloc[keep].reset_index(drop=True), labels.sequences, labels.sequence_concepts)
+    return labels.subset(keep, None)
+
+
+def _measures_table(labels: ConceptLabels, sequence_ids: Sequence[str]) -> pd.DataFrame | None:
+    """``labels.measures`` as a catalog table: ``sequence_id`` first, then the measures (store sequence order)."""
+    measures = labels.measures
+    if measures is None:
+        return None
+    if len(measures) != len(sequence_ids):
+        raise InputError(f"the label measures have {len(measures)} rows for {len(sequence_ids)} store sequences")
+    table = measures.reset_index(drop=True).copy()
+    if "sequence_id" in table.columns:
+        if table["sequence_id"].astype(str).tolist() != [str(i) for i in sequence_ids]:
+            raise InputError("the label measures' sequence_id column is not the store's sequence order")
+        table = table.drop(columns="sequence_id")
+    table.insert(0, "sequence_id", np.asarray(sequence_ids, dtype=object))
+    return table
 
 
 def _per_representation(fn: Callable[..., Any], reps: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:

@@ -15,6 +15,12 @@ split, and three additions are standard outputs: a one-sided hypergeometric enri
 chosen threshold with Benjamini-Hochberg q-values, a permutation null for each concept's best F1 (labels shifted
 circularly along the token axis, which keeps the span structure), and the same computation on controls (the
 model's neurons; an SAE trained on a random-weight copy of the model).
+
+Scoped concepts (:attr:`~workbench.concepts.ConceptLabels.scopes`: defined only where the source could decide, such
+as residues compared with an assigned germline) count only the tokens inside their scope: precision is
+labelled / active *in scope*, and the enrichment test draws from the tokens in scope. Recall and domain recall are
+unchanged (labelled tokens always lie in scope). Concepts without a scope give exactly the numbers they gave before
+scopes existed.
 """
 
 from __future__ import annotations
@@ -142,7 +148,9 @@ DENSE_FRACTION = 0.05
 """Active matrices denser than this are counted with dense products (neurons fire on about half the tokens)."""
 
 
-def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, instances: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, instances: sp.csr_matrix | None = None,
+                scopes: sp.spmatrix | np.ndarray | None = None,
+                scope_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Counts behind precision and recall for every (feature, concept) pair at once.
 
     ``active`` is ``tokens x features`` boolean (sparse, or dense for dense feature sets), ``labels`` ``tokens x
@@ -150,6 +158,11 @@ def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, insta
     ``n_active`` (features), ``n_labelled`` (concepts), and with instances ``hit_instances`` (features x concepts:
     spans with at least one active token) and ``n_instances`` (concepts). Every count is a sparse-by-sparse or
     sparse-by-dense product; spans of all concepts are handled in one product over a global span index.
+
+    ``scopes`` (``tokens x n_scopes`` boolean, dense or sparse) and ``scope_index`` (per concept, the column of its
+    scope; -1 for a concept defined on every token) add ``n_active_scoped`` (features x concepts): the active tokens
+    inside each concept's scope, the denominator of a scoped concept's precision (columns with -1 hold ``n_active``).
+    It costs one product ``active.T @ scopes`` (features x n_scopes), whatever the number of concepts.
     """
     import scipy.sparse as sp
 
@@ -165,6 +178,8 @@ def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, insta
         tp = np.asarray((a.T @ c).todense())
         n_active = np.asarray(a.sum(0)).ravel()
     out = {"tp": tp, "n_active": n_active, "n_labelled": np.asarray(c.sum(0)).ravel()}
+    if scopes is not None:
+        out["n_active_scoped"] = _scoped_active(a, n_active, scopes, scope_index, c.shape[1])
     if instances is None:
         return out
     inst = sp.csc_matrix(instances)
@@ -210,6 +225,25 @@ def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, insta
     return out
 
 
+def _scoped_active(a: sp.csr_matrix | np.ndarray, n_active: np.ndarray, scopes: sp.spmatrix | np.ndarray,
+                   scope_index: np.ndarray | None, n_concepts: int) -> np.ndarray:
+    """Active tokens of each feature inside each concept's scope (features x concepts), from ``active.T @ scopes``."""
+    import scipy.sparse as sp
+
+    index = np.full(n_concepts, -1, dtype=np.int64) if scope_index is None else np.asarray(scope_index, dtype=np.int64)
+    if index.shape != (n_concepts,):
+        raise WorkbenchError(f"scope_index has {index.size} entries for {n_concepts} concepts")
+    if scopes.shape[0] != a.shape[0] or (len(index) and index.max(initial=-1) >= scopes.shape[1]):
+        raise WorkbenchError(f"scopes of shape {scopes.shape} do not fit {a.shape[0]} tokens and the scope index")
+    s = sp.csr_matrix(scopes, dtype=np.float32) if sp.issparse(scopes) else np.asarray(scopes, dtype=np.float32)
+    per_scope = a.T @ s  # features x n_scopes
+    per_scope = per_scope.toarray() if sp.issparse(per_scope) else np.asarray(per_scope)
+    scoped = np.broadcast_to(np.asarray(n_active, dtype=per_scope.dtype)[:, None], (len(n_active), n_concepts)).copy()
+    has = np.flatnonzero(index >= 0)
+    scoped[:, has] = per_scope[:, index[has]]
+    return scoped
+
+
 def _maybe_dense(values: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
     """Dense features (neurons) as an array, so that thresholding and counting use dense products."""
     n = values.shape[0] * values.shape[1]
@@ -217,8 +251,11 @@ def _maybe_dense(values: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
 
 
 def _f1(tp: np.ndarray, n_active: np.ndarray, n_labelled: np.ndarray, hit: np.ndarray, n_inst: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Precision, residue recall, domain recall and F1 (features x concepts); ``n_active`` is per feature, or per
+    pair (features x concepts: the active tokens inside each concept's scope)."""
+    na = n_active[:, None] if n_active.ndim == 1 else n_active
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(n_active[:, None] > 0, tp / n_active[:, None], 0.0)
+        precision = np.where(na > 0, tp / na, 0.0)
         recall = np.where(n_labelled[None, :] > 0, tp / n_labelled[None, :], 0.0)
         domain_recall = np.where(n_inst[None, :] > 0, hit / n_inst[None, :], 0.0)
         f1 = np.where(precision + domain_recall > 0, 2 * precision * domain_recall / (precision + domain_recall), 0.0)
@@ -231,9 +268,11 @@ class Association:
 
     pairs: pd.DataFrame
     """One row per (feature, concept) pair with a non-zero overlap: best validation threshold, validation and test
-    F1, test precision / recall / domain recall, counts, enrichment p- and q-values."""
+    F1, test precision / recall / domain recall, counts, enrichment p- and q-values. ``n_active`` counts the
+    feature's active tokens inside the concept's scope (all its active tokens for an unscoped concept)."""
     best: pd.DataFrame
-    """One row per concept: its best feature by validation F1, that feature's test F1, the permutation-null p-value."""
+    """One row per concept: its best feature by validation F1, that feature's test F1, the permutation-null p-value,
+    ``n_labelled`` and ``n_scope`` (tokens in the concept's scope; every token for an unscoped concept)."""
     params: dict[str, Any] = field(default_factory=dict)
     thresholds: pd.DataFrame | None = None
     """For each concept's best features (by validation F1, ``top_per_threshold`` of them), the test precision,
@@ -260,6 +299,7 @@ def associate(
 
     ``sequence_ids`` is the store's sequence order and ``token_sequence`` the index into it of every token's sequence
     (``len == n_tokens``); sequences are split into validation and test halves by :func:`sequence_split`.
+    Concepts with a scope in ``labels`` are scored on the tokens of their scope only (module docstring).
     """
     import pandas as pd
     from scipy.stats import false_discovery_control, hypergeom
@@ -274,17 +314,28 @@ def associate(
     values = features.values.tocsr()
     lab = labels.tokens.tocsr()
     inst = labels.instances.tocsr()
+    masks, scope_index = labels.scope_matrix("token")
+    n_tokens = labels.n_tokens
+    # Tokens in each concept's scope: the population of its precision and enrichment (n_tokens when unscoped).
+    n_scope = np.full(len(scope_index), n_tokens, dtype=np.int64)
+    if masks is not None:
+        scoped = scope_index >= 0
+        n_scope[scoped] = masks.sum(0)[scope_index[scoped]]
+        masks = masks.astype(np.float32)  # once, for the products of count_pairs
     counts: dict[str, list[dict[str, np.ndarray]]] = {"val": [], "test": []}
     for name, rows in parts.items():
         v, lb, ins = _maybe_dense(values[rows]), lab[rows], inst[rows]
+        sc = None if masks is None else masks[rows]
         for t in thresholds:
             active = v > t
-            counts[name].append(count_pairs(active, lb, ins))
+            counts[name].append(count_pairs(active, lb, ins, sc, scope_index) if sc is not None
+                                else count_pairs(active, lb, ins))
+    active_key = "n_active" if masks is None else "n_active_scoped"
     # F1 per split and threshold: (n_thresholds, features, concepts)
     f1 = {}
     stats = {}
     for name in parts:
-        per = [_f1(c["tp"], c["n_active"], c["n_labelled"], c["hit_instances"], c["n_instances"]) for c in counts[name]]
+        per = [_f1(c["tp"], c[active_key], c["n_labelled"], c["hit_instances"], c["n_instances"]) for c in counts[name]]
         f1[name] = np.stack([p[3] for p in per])
         stats[name] = per
     best_t = f1["val"].argmax(0)  # features x concepts
@@ -295,15 +346,20 @@ def associate(
     test_recall = np.stack([p[1] for p in stats["test"]])[best_t, fi, ci]
     test_domain = np.stack([p[2] for p in stats["test"]])[best_t, fi, ci]
 
-    # Enrichment at the chosen threshold, on all tokens: hypergeometric upper tail P(X >= tp).
-    n_tokens = labels.n_tokens
+    # Enrichment at the chosen threshold, on all tokens of the concept's scope: hypergeometric upper tail P(X >= tp)
+    # with N = tokens in scope, K = labelled tokens, n = active tokens in scope.
     tp_all = sum(np.stack([c["tp"] for c in counts[s]]) for s in parts)[best_t, fi, ci]
-    n_act_all = sum(np.stack([c["n_active"] for c in counts[s]]) for s in parts)  # thresholds x features
-    n_act = n_act_all[best_t, fi]
+    if masks is None:
+        n_act_all = sum(np.stack([c["n_active"] for c in counts[s]]) for s in parts)  # thresholds x features
+        n_act = n_act_all[best_t, fi]
+    else:
+        n_act_all = sum(np.stack([c["n_active_scoped"] for c in counts[s]]) for s in parts)  # thresholds x f x c
+        n_act = n_act_all[best_t, fi, ci]
     n_lab = np.asarray(lab.sum(0)).ravel()[None, :].repeat(best_t.shape[0], 0)
     keep = tp_all > 0
     p = np.ones_like(tp_all, dtype=np.float64)
-    p[keep] = hypergeom.sf(tp_all[keep] - 1, n_tokens, n_lab[keep], n_act[keep])
+    population = n_tokens if masks is None else np.broadcast_to(n_scope[None, :], best_t.shape)[keep]
+    p[keep] = hypergeom.sf(tp_all[keep] - 1, population, n_lab[keep], n_act[keep])
     q = np.ones_like(p)
     q[keep] = false_discovery_control(p[keep], method="bh")
 
@@ -319,7 +375,8 @@ def associate(
     }).sort_values(["concept", "val_f1"], ascending=[True, False], ignore_index=True)
 
     best_feature = val_f1.argmax(0)  # per concept
-    null_p = _permutation_null(values, lab, inst, parts, thresholds, val_f1.max(0), n_permutations, seed)
+    null_p = _permutation_null(values, lab, inst, parts, thresholds, val_f1.max(0), n_permutations, seed,
+                               scopes=masks, scope_index=scope_index)
     best = pd.DataFrame({
         "concept": concepts,
         "best_feature": np.asarray(features.names)[best_feature],
@@ -329,6 +386,7 @@ def associate(
         "q_value": q[best_feature, np.arange(len(concepts))],
         "null_p": null_p,
         "n_labelled": np.asarray(lab.sum(0)).ravel().astype(int),
+        "n_scope": n_scope,
     })
     params = {"thresholds": list(thresholds), "split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
               "n_tokens": n_tokens, "n_features": values.shape[1], "n_concepts": len(concepts), "captured_f1": CAPTURED_F1}
@@ -358,8 +416,12 @@ def _threshold_curves(test_stats: list[tuple[np.ndarray, ...]], val_f1: np.ndarr
 
 
 def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndarray], thresholds: Sequence[float],
-                      observed: np.ndarray, n_permutations: int, seed: int) -> np.ndarray:
-    """Empirical p-value of each concept's best validation F1 against labels shifted circularly along the tokens."""
+                      observed: np.ndarray, n_permutations: int, seed: int, *, scopes: np.ndarray | None = None,
+                      scope_index: np.ndarray | None = None) -> np.ndarray:
+    """Empirical p-value of each concept's best validation F1 against labels shifted circularly along the tokens.
+
+    Scope masks (``scopes``, tokens x n_scopes) shift together with the labels, so shifted labels stay inside their
+    shifted scope and a scoped concept's precision keeps counting only the tokens where it is defined."""
     if n_permutations <= 0:
         return np.full(len(observed), np.nan)
     rng = np.random.default_rng(seed)
@@ -372,10 +434,17 @@ def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndar
         shift = int(rng.integers(1, n))
         order = (np.arange(n) - shift) % n
         lb, ins = lab[order][rows], inst[order][rows]
+        sc = None if scopes is None else scopes[order[rows]]
         best = np.zeros(len(observed))
         for active in actives:
-            c = count_pairs(active, lb, ins)
-            best = np.maximum(best, _f1(c["tp"], c["n_active"], c["n_labelled"], c["hit_instances"], c["n_instances"])[3].max(0))
+            if sc is None:
+                c = count_pairs(active, lb, ins)
+                n_act = c["n_active"]
+            else:
+                c = count_pairs(active, lb, ins, sc, scope_index)
+                n_act = c["n_active_scoped"]
+            f1 = _f1(c["tp"], n_act, c["n_labelled"], c["hit_instances"], c["n_instances"])[3]
+            best = np.maximum(best, f1.max(0))
         exceed += best >= observed
     return (exceed + 1) / (n_permutations + 1)
 

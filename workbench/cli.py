@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--labels", help="image folders: CSV/TSV of labels (file names in --id-col, default 'image')")
     ex.add_argument("--label-col", help="image folders: the label column of --labels (default 'label')")
     ex.add_argument("--split-col", help="image folders: a column of --labels naming each image's split")
-    ex.add_argument("--format", help="input format when the extension does not say (fasta, swiss, uniprot-xml, table)")
+    ex.add_argument("--format", help="input format when the extension does not say (fasta, swiss, uniprot-xml, table, airr)")
     ex.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     ex.add_argument("--tokens-per-batch", type=int, default=8192, help="padded tokens per forward pass")
     ex.add_argument("--shard-tokens", type=int, help="tokens per shard (default: about 64 MiB per shard)")
@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--sae", required=True, help="SAE folder trained on that store (sae.safetensors + cfg.json)")
     an.add_argument("--layer", type=int, help="layer (needed when the store has several)")
     an.add_argument("--source", action="append", required=True, metavar="SPEC",
-                    help="annotation source, repeatable (sequence domain: anarci, motif, table:COL1,COL2, uniprot:FILE, "
-                         "user:FILE, pfam:FILE; imaging domain: dataset, measured)")
+                    help="annotation source, repeatable (sequence domain: anarci, germline, humanness, liability, cdr, motif, "
+                         "table:COL1,COL2, uniprot:FILE, user:FILE, pfam:FILE, airr:FILE; imaging domain: dataset, "
+                         "measured)")
     an.add_argument("--domain", help="domain providing the annotation sources (default: the domain of the store's model)")
     an.add_argument("--control-store", help="store extracted from the same inputs with --random-weights (control)")
     an.add_argument("--control-sae", help="SAE trained on the control store with the same settings")

@@ -73,7 +73,7 @@ class ConceptLabels:
         if "scope" not in table.columns:
             return None
         j = concept if isinstance(concept, (int, np.integer)) else table["concept"].tolist().index(concept)
-        name = str(table["scope"].iloc[int(j)] or "")
+        name = _scope_name(table["scope"].iloc[int(j)])
         return scopes[name] if name else None
 
     def scope_matrix(self, level: str = "token") -> tuple[np.ndarray | None, np.ndarray]:
@@ -82,11 +82,15 @@ class ConceptLabels:
         table, scopes = ((self.token_concepts, self.scopes) if level == "token"
                          else (self.sequence_concepts, self.sequence_scopes))
         index = np.full(len(table), -1, dtype=np.int64)
-        if "scope" not in table.columns or not scopes:
+        if "scope" not in table.columns:
             return None, index
         names = list(scopes)
         col = {n: k for k, n in enumerate(names)}
-        index = np.array([col.get(str(s or ""), -1) for s in table["scope"]], dtype=np.int64)
+        wanted = [_scope_name(s) for s in table["scope"]]
+        unknown = sorted({s for s in wanted if s and s not in col})
+        if unknown:
+            raise InputError(f"{level} concepts name scope(s) {unknown[:3]} that the labels do not define")
+        index = np.array([col.get(s, -1) for s in wanted], dtype=np.int64)
         if (index < 0).all():
             return None, index
         return np.stack([np.asarray(scopes[n], dtype=bool) for n in names], axis=1), index
@@ -108,6 +112,11 @@ class ConceptLabels:
             self.sequences[:, ks], self.sequence_concepts.iloc[ks].reset_index(drop=True),
             dict(self.scopes), dict(self.sequence_scopes), self.measures,
         )
+
+
+def _scope_name(value: Any) -> str:
+    """The scope a concept-table cell names: '' (every row) for '', None or NaN."""
+    return value if isinstance(value, str) else ""
 
 
 def scope_labels(labels: ConceptLabels, *, tokens: Any = None, sequences: Any = None, name: str,

@@ -61,8 +61,21 @@ def feature_profile(labels: ConceptLabels, features: FeatureMatrix,
     the shares of a feature sum to at most one); ``share`` is ``features x values`` and ``baseline`` the share of
     all tokens carrying each value. Numeric values (positions) are sorted numerically. None when the labels hold no
     concept of the group.
+
+    A scoped group (every concept of it has a scope, :attr:`~workbench.concepts.ConceptLabels.scopes`) is profiled
+    where it is defined: mass and tokens outside the union of its concepts' scopes count neither way, so ``share``
+    is of the feature's mass inside the scope and ``baseline`` of the tokens inside it.
     """
+    prof = _profile(labels, features, group)
+    return None if prof is None else prof[:3]
+
+
+def _profile(labels: ConceptLabels, features: FeatureMatrix,
+             group: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """:func:`feature_profile` plus, for a scoped group, the fraction of each feature's mass inside the scope."""
     import scipy.sparse as sp
+
+    from workbench.discovery import _group_scope
 
     concepts = labels.token_concepts["concept"].astype(str).tolist()
     prefix = group + "="
@@ -78,10 +91,19 @@ def feature_profile(labels: ConceptLabels, features: FeatureMatrix,
     lab = sp.csr_matrix(labels.tokens[:, cols], dtype=np.float32)
     mass = np.asarray((x.T @ lab).todense(), dtype=np.float64)
     total = np.asarray(x.sum(0), dtype=np.float64).ravel()
+    scope = _group_scope(labels, np.asarray(cols, dtype=np.int64))
+    n_rows = lab.shape[0]
+    in_scope = None
+    if scope is not None:  # the mass and the tokens where the group is defined
+        all_mass = total
+        total = np.asarray(x.T @ scope.astype(np.float32), dtype=np.float64).ravel()
+        n_rows = int(scope.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            in_scope = np.where(all_mass > 0, total / np.where(all_mass > 0, all_mass, 1), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(total[:, None] > 0, mass / np.where(total > 0, total, 1)[:, None], 0.0)
-    baseline = np.asarray(lab.sum(0), dtype=np.float64).ravel() / max(lab.shape[0], 1)
-    return values, share, baseline
+    baseline = np.asarray(lab.sum(0), dtype=np.float64).ravel() / max(n_rows, 1)
+    return values, share, baseline, in_scope
 
 
 def _is_int(text: str) -> bool:
@@ -104,8 +126,11 @@ def _peak_window(share: np.ndarray) -> tuple[int, int]:
     return lo, hi
 
 
-def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.ndarray, numeric: bool) -> tuple[str, str | None]:
-    """(profile text of one group for one feature, description clause or None)."""
+def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.ndarray, numeric: bool,
+                 in_scope: float | None = None) -> tuple[str, str | None]:
+    """(profile text of one group for one feature, description clause or None). ``in_scope``: for a scoped group,
+    the fraction of the feature's mass inside the scope (the shares are of that part); the clause then also needs
+    at least :data:`_PROFILE_CLAUSE_SHARE` of the mass in scope."""
     if share.max() <= 0:
         return "", None
     if numeric:
@@ -123,9 +148,12 @@ def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.
         order = np.argsort(-share, kind="stable")
         items = [(values[i], float(share[i])) for i in order[:_PROFILE_TOP] if share[i] >= 0.01]
         label, peak, base = values[order[0]], float(share[order[0]]), float(baseline[order[0]])
-    text = f"{group}: " + ", ".join(f"{v} {_pct(s)}" for v, s in items) if items else ""
+    head = f"{group}: " if in_scope is None else f"{group} ({_pct(in_scope)} in scope): "
+    text = head + ", ".join(f"{v} {_pct(s)}" for v, s in items) if items else ""
     enriched = peak >= _PROFILE_CLAUSE_SHARE and peak >= _PROFILE_CLAUSE_LIFT * base
-    clause = f"{_pct(peak)} {group}={label}" if enriched else None
+    if in_scope is not None:
+        enriched = enriched and in_scope >= _PROFILE_CLAUSE_SHARE
+    clause = f"{_pct(peak)} {group}={label}" + ("" if in_scope is None else " in scope") if enriched else None
     return text, clause
 
 
@@ -161,6 +189,9 @@ def describe_features(
 
     Profile clauses appear for groups whose peak (for positions: the run of neighbouring positions holding at least
     half the top share) carries at least 20% of the mass and at least 1.5 times the share of all tokens it labels.
+    A scoped group (such as ``shm``, defined only on residues compared with a germline) is profiled inside its scope
+    (:func:`feature_profile`): its text says which part of the mass that is (``"shm (40% in scope): mutated 90%"``)
+    and its clause (``"90% shm=mutated in scope"``) also needs at least 20% of the mass in scope.
     With ``token_sequence`` (the store-order sequence index of every token) the firing clause also gives the share
     of sequences the feature fires in.
     """
@@ -193,16 +224,17 @@ def describe_features(
 
     profiles = []
     for group in profile_groups:
-        prof = feature_profile(labels, features, group)
+        prof = _profile(labels, features, group)
         if prof is not None:
-            values, share, baseline = prof
-            profiles.append((group, values, share, baseline, all(_is_int(v) for v in values)))
+            values, share, baseline, in_scope = prof
+            profiles.append((group, values, share, baseline, all(_is_int(v) for v in values), in_scope))
 
     profile_text, descriptions = [], []
     for j in range(n_features):
         texts, clauses = [], []
-        for group, values, share, baseline, numeric in profiles:
-            text, clause = _group_parts(group, values, share[j], baseline, numeric)
+        for group, values, share, baseline, numeric, in_scope in profiles:
+            text, clause = _group_parts(group, values, share[j], baseline, numeric,
+                                        None if in_scope is None else float(in_scope[j]))
             if text:
                 texts.append(text)
             if clause:

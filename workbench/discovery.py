@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.associate import FeatureMatrix, _check_sae_matches, associate
-from workbench.concepts import ConceptLabels
+from workbench.concepts import ConceptLabels, _scope_name
 from workbench.errors import InputError, WorkbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +41,7 @@ __all__ = ["missing_annotations", "unexplained_features", "rediscovery", "causal
 
 _SPAN_COLUMNS = [
     "rank", "concept", "feature", "sequence_id", "start", "end", "n_tokens", "score", "max_activation",
-    "feature_precision", "feature_test_f1", "q_value", "adjacent",
+    "feature_precision", "feature_test_f1", "q_value", "adjacent", "in_scope",
 ]
 
 
@@ -98,6 +98,53 @@ def _group_of(concepts: Sequence[str]) -> np.ndarray:
     return np.array([c.split("=", 1)[0] if "=" in c else "" for c in concepts], dtype=object)
 
 
+def _in_scope(labels: ConceptLabels, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether token ``rows[i]`` lies in the scope of token concept ``cols[i]`` (True for unscoped concepts)."""
+    masks, index = labels.scope_matrix("token")
+    out = np.ones(len(rows), dtype=bool)
+    if masks is None or len(rows) == 0:
+        return out
+    k = index[cols]
+    scoped = k >= 0
+    out[scoped] = masks[rows[scoped], k[scoped]]
+    return out
+
+
+def _scope_weights(labels: ConceptLabels, weights: Any, cols: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """For token concepts ``cols``: the weight of each row of ``weights`` (rows x tokens) inside each concept's scope
+    (rows x cols; None when none of them is scoped) and the number of tokens in each scope (all tokens if unscoped).
+    One weighted count per scope serves every concept."""
+    import scipy.sparse as sp
+
+    masks, index = labels.scope_matrix("token")
+    n_tokens = labels.n_tokens
+    k = index[cols]
+    size = np.full(len(cols), n_tokens, dtype=np.float64)
+    if masks is None or not (k >= 0).any():
+        return None, size
+    scoped = k >= 0
+    size[scoped] = masks.sum(0)[k[scoped]]
+    coo = sp.coo_matrix(weights)
+    used = np.unique(k[scoped])
+    per_scope = np.zeros((coo.shape[0], masks.shape[1]))  # rows x n_scopes
+    for u in used:  # a few scopes: one weighted count each over the non-zeros of ``weights``
+        per_scope[:, u] = np.bincount(coo.row, weights=coo.data * masks[coo.col, u], minlength=coo.shape[0])
+    total = np.asarray(weights.sum(1), dtype=np.float64).reshape(-1, 1)
+    inside = np.repeat(total, len(cols), axis=1)
+    inside[:, scoped] = per_scope[:, k[scoped]]
+    return inside, size
+
+
+def _group_scope(labels: ConceptLabels, cols: np.ndarray) -> np.ndarray | None:
+    """Tokens where at least one of the token concepts ``cols`` is defined (None: all tokens, as when one of them
+    is unscoped)."""
+    masks, index = labels.scope_matrix("token")
+    k = index[cols]
+    if masks is None or len(k) == 0 or (k < 0).any():
+        return None
+    return masks[:, np.unique(k)].any(1)
+
+
 def _concept_features(association: Association, concepts: Sequence[str], *, min_test_f1: float, max_q: float,
                       features_per_concept: int) -> pd.DataFrame:
     """Each concept's reliable features: test F1 and q-value over the bars, the best ``features_per_concept`` by
@@ -120,8 +167,8 @@ def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.Dat
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in [
         ("concept", object), ("feature", object), ("sequence_id", object), ("start", np.int64), ("end", np.int64),
         ("n_tokens", np.int64), ("score", np.float64), ("max_activation", np.float64), ("feature_precision", np.float64),
-        ("feature_test_f1", np.float64), ("q_value", np.float64), ("adjacent", bool), ("row_start", np.int64),
-        ("row_end", np.int64)]})
+        ("feature_test_f1", np.float64), ("q_value", np.float64), ("adjacent", bool), ("in_scope", bool),
+        ("row_start", np.int64), ("row_end", np.int64)]})
     if chosen.empty:
         return empty
     feat = _feature_index(features, chosen["feature"].tolist())
@@ -151,11 +198,14 @@ def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.Dat
     first = np.r_[True, (rows[1:] != rows[:-1]) | (c_of[1:] != c_of[:-1])]
     pair, rows, act, score, c_of = pair[first], rows[first], act[first], score[first], c_of[first]
 
-    # Consecutive tokens of one sequence (and one concept) form a span.
+    # Consecutive tokens of one sequence (and one concept) form a span; a span is wholly in or out of the concept's
+    # scope (it splits where the scope starts or ends).
     seq, _ = _token_sequence(obs)
     pos = obs["position"].to_numpy(dtype=np.int64)
+    inside = _in_scope(labels, rows, c_of)
     new = np.r_[True, (c_of[1:] != c_of[:-1]) | (rows[1:] != rows[:-1] + 1)
-                | (seq[rows[1:]] != seq[rows[:-1]]) | (pos[rows[1:]] != pos[rows[:-1]] + 1)]
+                | (seq[rows[1:]] != seq[rows[:-1]]) | (pos[rows[1:]] != pos[rows[:-1]] + 1)
+                | (inside[1:] != inside[:-1])]
     span = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], len(rows)] - 1
@@ -178,7 +228,7 @@ def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.Dat
         "score": score[best], "max_activation": act[best], "feature_precision": precision[p_best],
         "feature_test_f1": chosen["test_f1"].to_numpy(dtype=np.float64)[p_best],
         "q_value": chosen["q_value"].to_numpy(dtype=np.float64)[p_best],
-        "adjacent": adj_before | adj_after, "row_start": row_start, "row_end": row_end,
+        "adjacent": adj_before | adj_after, "in_scope": inside[starts], "row_start": row_start, "row_end": row_end,
     })
 
 
@@ -256,6 +306,11 @@ def missing_annotations(
       and enrichment q-value from the association;
     * ``adjacent``: the span touches a labelled token of the concept (just before or after, same sequence), i.e. it
       may be a boundary disagreement rather than a missing instance;
+    * ``in_scope``: the span lies in the concept's scope (always True for unscoped concepts). False: the source
+      could not decide there (a residue not compared with a germline, a chain it could not number), so the span is
+      not a disagreement with the database but a place it is silent about by construction; spans never straddle a
+      scope boundary. Such spans are kept (they may be interesting) and ranked like the others; filter on this
+      column to keep only what the source could have labelled;
     * ``residues``: the span's residues, when ``obs`` has ``residue_column``;
     * ``database_label``: what the database says instead on the span's first token, among the concepts of the same
       group (the part of the name before ``=``; for example ``imgt=96`` for an ``imgt=95`` candidate), '' if nothing;
@@ -330,9 +385,12 @@ def unexplained_features(
       three residues with at least 5%);
     * ``profile``: for each group of ``profile_groups`` present in the labels, up to two of its concepts carrying
       the most activation weight of the top tokens, e.g. ``"imgt=104 80%; region=FR3 95%"`` (shares of all top-token
-      weight, so tokens outside any concept of the group count against the share);
+      weight, so tokens outside any concept of the group count against the share). For a scoped group (every
+      concept of it has a scope) the shares are of the weight inside the union of their scopes, and the text adds
+      which part of the weight that is, e.g. ``"shm=mutated 90% (of the 40% in scope)"``;
     * ``motif``: the concept of ``motif_groups`` most enriched among the top tokens (weight share at least 10%),
-      with its share and its enrichment over its store-wide token frequency, e.g. ``"motif=Cys 95% (40x)"``;
+      with its share and its enrichment over its store-wide token frequency, e.g. ``"motif=Cys 95% (40x)"``; for a
+      scoped concept both are taken inside its scope (weight in scope, tokens in scope);
     * ``top_sequences``: the three sequences where the feature's activation mass is largest.
     """
     import pandas as pd
@@ -429,21 +487,29 @@ def _evidence(values: Any, order: np.ndarray, per_seq: Any, seq_ids: np.ndarray,
     groups = _group_of(concepts)
     lab = labels.tokens.tocsc().astype(np.float64)
     profile_parts: list[list[str]] = [[] for _ in range(n)]
+    coo = weights.tocoo()
     for group in profile_groups:
         cols = np.flatnonzero(groups == group)
         if len(cols) == 0:
             continue
         shares = (weights @ lab[:, cols]).toarray()
+        scope = _group_scope(labels, cols)
+        # A scoped group: shares of the weight where the group is defined (outside it, a token is no negative).
+        inside = total if scope is None else np.bincount(coo.row, weights=coo.data * scope[coo.col], minlength=n)
         for i in range(n):
-            text = _format_shares(concepts[cols], shares[i], total[i], n=2)
+            text = _format_shares(concepts[cols], shares[i], inside[i], n=2)
+            if text and scope is not None:
+                text += f" (of the {100 * inside[i] / total[i]:.0f}% in scope)"
             if text:
                 profile_parts[i].append(text)
     out["profile"] = ["; ".join(p) for p in profile_parts]
 
     cols = np.flatnonzero(np.isin(groups, list(motif_groups)))
     if len(cols):
-        shares = (weights @ lab[:, cols]).toarray() / np.where(total > 0, total, 1.0)[:, None]
-        background = np.asarray(lab[:, cols].sum(0)).ravel() / max(1, n_tokens)
+        inside, scope_size = _scope_weights(labels, weights, cols)
+        inside = total[:, None] if inside is None else inside
+        shares = (weights @ lab[:, cols]).toarray() / np.where(inside > 0, inside, 1.0)
+        background = np.asarray(lab[:, cols].sum(0)).ravel() / np.maximum(scope_size, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             lift = np.where(background > 0, shares / np.where(background > 0, background, 1.0), 0.0)
         lift = np.where(shares >= 0.1, lift, 0.0)
@@ -466,7 +532,8 @@ def _evidence(values: Any, order: np.ndarray, per_seq: Any, seq_ids: np.ndarray,
 
 def _window_base_rate(lengths: np.ndarray, labelled: np.ndarray, withheld: np.ndarray, seq: np.ndarray) -> float:
     """Chance that a random window of each length in ``lengths`` (averaged over them), placed on unlabelled tokens
-    of one sequence, overlaps a withheld token (see :func:`rediscovery`)."""
+    of one sequence, overlaps a withheld token (see :func:`rediscovery`). ``labelled`` marks every token a window
+    may not cover (the kept labels, and for a scoped concept the tokens outside its scope)."""
     n = len(labelled)
     cum_lab = np.r_[0, np.cumsum(labelled, dtype=np.int64)]
     cum_w = np.r_[0, np.cumsum(withheld, dtype=np.int64)]
@@ -511,6 +578,10 @@ def rediscovery(
     the association: the others cannot form a pair (their overlap is zero at every threshold), so the pairs and the
     Benjamini-Hochberg q-values are exactly those of the full feature set.
 
+    A scoped concept (:attr:`~workbench.concepts.ConceptLabels.scopes`) keeps its scope in the reduced labels, so the
+    association counts negatives only inside it; candidate spans outside the scope are dropped (the source could
+    not have labelled them: they are neither hits nor misses), and chance windows of ``base_rate`` lie inside it.
+
     ``sequence_ids`` and ``token_sequence`` are as for :func:`~workbench.associate.associate`; ``obs`` is
     ``store.obs()`` (``sequence_id``, ``position``).
 
@@ -521,12 +592,13 @@ def rediscovery(
     * ``feature``: the concept's best reliable feature in the reduced association (highest validation F1 among
       those passing the candidate bars; ``""`` when none does, and then there are no candidates);
     * ``n_instances``, ``n_withheld``: instances of the concept, and how many were withheld;
-    * ``n_candidates``: candidate spans found for the concept (all ranks);
+    * ``n_candidates``: candidate spans found for the concept (all ranks; inside its scope);
     * ``precision_at_k``: fraction of the top ``min(k, n_candidates)`` candidate spans that overlap a withheld
       instance (share at least one token with it); NaN without candidates;
     * ``base_rate``: the same fraction expected by chance: for each of those top spans, the probability that a
       window of the same number of tokens, placed uniformly at random where it lies within one sequence and covers
-      no token that still carries the concept, overlaps a withheld token; averaged over the spans;
+      no token that still carries the concept (nor, for a scoped concept, a token outside its scope), overlaps a
+      withheld token; averaged over the spans;
     * ``lift``: ``precision_at_k / base_rate``;
     * ``withheld_found``: fraction of the withheld instances overlapped by at least one candidate span (any rank);
     * ``k``: the ``k`` asked for.
@@ -565,9 +637,8 @@ def rediscovery(
         raise InputError(f"unknown candidate options {sorted(unknown_opts)}")
     values = features.values.tocsr()
     n_tokens = labels.n_tokens
-    empty_seq = sp.csr_matrix((len(sequence_ids), 0), dtype=bool)
-    seq_concepts = pd.DataFrame({"concept": pd.Series(dtype=object), "source": pd.Series(dtype=object),
-                                 "n_sequences": pd.Series(dtype=np.int64)})
+    empty_seq = sp.csr_matrix((labels.sequences.shape[0], 0), dtype=bool)
+    seq_concepts = labels.sequence_concepts.iloc[:0].reset_index(drop=True)
     rows_out = []
     for j in chosen:
         concept = names[j]
@@ -580,12 +651,16 @@ def rediscovery(
         gone = np.isin(ids, withheld_ids)
         kept_rows, kept_ids = rows[~gone], ids[~gone]
         at = (kept_rows, np.zeros(len(kept_rows), dtype=np.int64))
+        # The concept alone, with its scope (if any): outside it the association and the candidates see no negatives.
+        scope = labels.token_scope(j)
+        scope_name = _scope_name(labels.token_concepts["scope"].iloc[j]) if scope is not None else ""
         reduced = ConceptLabels(
             sp.csr_matrix((np.ones(len(kept_rows), dtype=bool), at), shape=(n_tokens, 1)),
             sp.csr_matrix((kept_ids.astype(np.int32), at), shape=(n_tokens, 1)),
-            pd.DataFrame({"concept": [concept], "source": [""], "n_tokens": [len(kept_rows)],
-                          "n_instances": [len(uniq) - n_w], "n_sequences": [len(np.unique(token_sequence[kept_rows]))]}),
-            empty_seq, seq_concepts,
+            labels.token_concepts.iloc[[j]].reset_index(drop=True).assign(
+                n_tokens=[len(kept_rows)], n_instances=[len(uniq) - n_w],
+                n_sequences=[len(np.unique(token_sequence[kept_rows]))]),
+            empty_seq, seq_concepts, scopes={scope_name: scope} if scope is not None else {},
         )
         # Features with no active token on the remaining labels cannot pair with the concept: leave them out.
         overlap = np.unique(values[kept_rows].indices)
@@ -596,6 +671,7 @@ def rediscovery(
                                  max_q=cand_options.get("max_q", 0.05),
                                  features_per_concept=cand_options.get("features_per_concept", 3))
         spans = _candidate_spans(sub, reduced, obs, pick)
+        spans = spans[spans["in_scope"].to_numpy(dtype=bool)]  # outside the scope a span is neither right nor wrong
         spans = spans.sort_values(["score", "sequence_id", "start"], ascending=[False, True, True], kind="stable",
                                   ignore_index=True)
 
@@ -606,10 +682,12 @@ def rediscovery(
         overlaps = cum_w[re_ + 1] - cum_w[rs] > 0
         top_k = min(k, len(spans))
         precision = float(overlaps[:top_k].mean()) if top_k else float("nan")
-        labelled_tok = np.zeros(n_tokens, dtype=bool)
-        labelled_tok[kept_rows] = True
+        blocked = np.zeros(n_tokens, dtype=bool)  # where a chance window may not go: kept labels, outside the scope
+        blocked[kept_rows] = True
+        if scope is not None:
+            blocked |= ~np.asarray(scope, dtype=bool)
         lengths = spans["n_tokens"].to_numpy()[:top_k]
-        base = _window_base_rate(lengths, labelled_tok, withheld_tok, token_sequence) if top_k else float("nan")
+        base = _window_base_rate(lengths, blocked, withheld_tok, token_sequence) if top_k else float("nan")
         # Withheld instances overlapped by any candidate span: mark span tokens, then any marked token per instance.
         in_span = np.zeros(n_tokens + 1, dtype=np.int64)
         np.add.at(in_span, rs, 1)

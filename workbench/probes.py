@@ -120,7 +120,8 @@ def concat_results(results: Sequence[ProbeResult]) -> ProbeResult:
 # --------------------------------------------------------------------------------------------------- targets
 
 
-def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what: str) -> pd.DataFrame:
+def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what: str,
+                  scopes: tuple[np.ndarray | None, np.ndarray] | None = None) -> pd.DataFrame:
     import pandas as pd
     import scipy.sparse as sp
 
@@ -141,6 +142,9 @@ def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what
         one = np.flatnonzero(count == 1)
         codes = np.full(sub.shape[0], -1, dtype=np.int64)
         codes[one] = sub.indices[sub.indptr[one]]
+        covered = _group_coverage(scopes, np.asarray(cols, dtype=np.int64))
+        if covered is not None:
+            codes[~covered] = -1  # outside every scope of the group: unlabelled, not a class
         values = [split[j][1] for j in cols]
         # Categories keep the concept-table order; duplicated values (same name from two sources) merge.
         categories = list(dict.fromkeys(values))
@@ -149,20 +153,38 @@ def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what
     return pd.DataFrame(out)
 
 
+def _group_coverage(scopes: tuple[np.ndarray | None, np.ndarray] | None, cols: np.ndarray) -> np.ndarray | None:
+    """Rows inside the scope of at least one of the concepts ``cols`` (None: every row, as when one is unscoped).
+
+    ``scopes`` is :meth:`~workbench.concepts.ConceptLabels.scope_matrix`'s ``(masks, index)``."""
+    if scopes is None or scopes[0] is None:
+        return None
+    masks, index = scopes
+    k = index[cols]
+    if len(k) == 0 or (k < 0).any():
+        return None
+    return masks[:, np.unique(k)].any(1)
+
+
 def token_targets(labels: ConceptLabels, groups: Sequence[str]) -> pd.DataFrame:
     """One categorical column per concept group, one row per token (store order).
 
     The group of a concept is the part of its name before the first ``=`` (``region`` for ``region=CDR3``) and
     the value the part after it. A token gets the value of the group's concept that labels it when exactly one
     does, and NaN when none or several do (unlabelled or ambiguous). Concepts without ``=`` belong to no group.
-    An unknown group is an :class:`InputError` listing the groups present.
+    A token outside the scope of every concept of the group (:attr:`~workbench.concepts.ConceptLabels.scopes`:
+    where the source could not decide) is NaN too, so probes leave it out. An unknown group is an
+    :class:`InputError` listing the groups present.
     """
-    return _targets_from(labels.tokens, labels.token_concepts["concept"].tolist(), groups, "token")
+    return _targets_from(labels.tokens, labels.token_concepts["concept"].tolist(), groups, "token",
+                         labels.scope_matrix("token"))
 
 
 def sequence_targets(labels: ConceptLabels, groups: Sequence[str]) -> pd.DataFrame:
-    """Like :func:`token_targets`, for sequence-level concepts: one row per sequence in the store's order."""
-    return _targets_from(labels.sequences, labels.sequence_concepts["concept"].tolist(), groups, "sequence")
+    """Like :func:`token_targets`, for sequence-level concepts: one row per sequence in the store's order (NaN outside
+    the sequence scopes of the group's concepts)."""
+    return _targets_from(labels.sequences, labels.sequence_concepts["concept"].tolist(), groups, "sequence",
+                         labels.scope_matrix("sequence"))
 
 
 # --------------------------------------------------------------------------------------------------- pooling

@@ -84,12 +84,8 @@ def labels_from_specs(store: ActivationStore, specs: Sequence[str]) -> ConceptLa
 
 
 def select_sources(labels: ConceptLabels, sources: Sequence[str]) -> ConceptLabels:
-    """The concepts of ``labels`` whose source is one of ``sources``."""
-    from workbench.concepts import ConceptLabels
-
+    """The concepts of ``labels`` whose source is one of ``sources`` (scopes and measures kept)."""
     chosen = list(sources)
     keep_t = labels.token_concepts["source"].isin(chosen).to_numpy().nonzero()[0]
     keep_s = labels.sequence_concepts["source"].isin(chosen).to_numpy().nonzero()[0]
-    return ConceptLabels(labels.tokens[:, keep_t], labels.instances[:, keep_t],
-                         labels.token_concepts.iloc[keep_t].reset_index(drop=True), labels.sequences[:, keep_s],
-                         labels.sequence_concepts.iloc[keep_s].reset_index(drop=True))
+    return labels.subset(keep_t, keep_s)

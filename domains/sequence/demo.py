@@ -6,7 +6,9 @@ second run only redoes what is missing. The stages:
 1. AntiBERTy layer 4 on the 2,237 Thera-SAbDab chains (heavy and light, one record per chain), and the same inputs
    through a random-weight copy of AntiBERTy (the control); the 137 Jain antibodies for biophysical-assay probes.
 2. A TopK SAE on each of the two Thera stores, with the same settings.
-3. ANARCI IMGT numbering, Thera-SAbDab table columns and sequence motifs as concepts.
+3. Concepts: ANARCI IMGT numbering (with the IMGT anchor check), antibody biology (somatic hypermutation against
+   the assigned germline, humanness, developability liabilities, CDR lengths), Thera-SAbDab table columns and
+   sequence motifs.
 4. :func:`workbench.annotate`: association (SAE, neurons, random control), probes, discovery, rediscovery, causal
    effects, descriptions, families and the catalog; the Jain assays are probed on mean-pooled SAE codes and neurons.
 """
@@ -25,8 +27,15 @@ __all__ = ["run", "DemoConfig", "THERA_META"]
 
 THERA_META = ["CH1 Isotype", "VD LC", "Est. Status", "Target", "Genetics (Bispecifics delimited with semicolon)"]
 THERA_READ = {"id_col": "Therapeutic", "seq_cols": {"HC": "heavy", "LC": "light"}, "meta_cols": THERA_META}
-PROBE_SEQUENCE_GROUPS = ("chain_type", "species", "v_family", "CH1 Isotype", "Genetics (Bispecifics delimited with semicolon)")
-"""Per-chain probe targets: chain, species and V family from ANARCI; isotype and origin from Thera-SAbDab."""
+PROBE_SEQUENCE_GROUPS = ("chain_type", "species", "v_family", "CH1 Isotype", "Genetics (Bispecifics delimited with semicolon)",
+                         "shm_count", "non_human_fraction", "cdr_h3_length")
+"""Per-chain probe targets: chain, species and V family from ANARCI; isotype and origin from Thera-SAbDab; mutation
+count, non-human fraction and CDR-H3 length bins from the antibody-biology sources."""
+LABEL_SOURCES = ("anarci", "germline", "humanness", "liability", "cdr", "table", "motif")
+"""Annotation sources of the demo (:data:`domains.sequence.annotations.SOURCES`)."""
+BIOLOGY_PREFIXES = ("shm=", "germline=", "germline_residue=", "non_human_residue", "liability=", "liability_region=",
+                    "cdr_h3_length=", "cdr_l1_length=")
+"""Concept names of the antibody-biology sources (germline, humanness, liability, cdr), summarised on their own line."""
 JAIN_READ = {"id_col": "Name", "seq_cols": {"VH": "heavy", "VL": "light"}, "skip_missing": True}
 JAIN_ASSAYS = [
     "HEK Titer (mg/L)", "Fab Tm by DSF (°C)", "SGAC-SINS AS100 ((NH4)2SO4 mM)", "HIC Retention Time (Min)a",
@@ -149,8 +158,8 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
     sae_dir = stage("train SAE", lambda: _sae(thera, out / f"sae_thera_{tag}_topk{cfg.k}", cfg, progress))
     control_dir = stage("train SAE (random weights)", lambda: _sae(
         control, out / f"sae_thera_{tag}_random{cfg.random_seed}_topk{cfg.k}", cfg, progress))
-    _log("annotating: ANARCI IMGT numbering, Thera-SAbDab columns, motifs")
-    labels = stage("labels", lambda: sequence_labels(thera, sources=("anarci", "table", "motif"), table_columns=THERA_META,
+    _log("annotating: ANARCI IMGT numbering, germline / SHM, humanness, liabilities, CDR lengths, Thera-SAbDab columns, motifs")
+    labels = stage("labels", lambda: sequence_labels(thera, sources=LABEL_SOURCES, table_columns=THERA_META,
                                                      anarci_options={"ncpu": os.cpu_count() or 1}))
     _log(f"  {labels.tokens.shape[1]} token concepts, {labels.sequences.shape[1]} sequence concepts ({seconds['labels']:.0f} s)")
     sae = load_sae(sae_dir)
@@ -163,7 +172,7 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
         summary_extra={"demo": "antibody: AntiBERTy on Thera-SAbDab", "jain_r2": _jain_headline(jain_table),
                        "demo_seconds": seconds},
         config=AnnotateConfig(token_probe_groups=("region", "chain_region"), sequence_probe_groups=PROBE_SEQUENCE_GROUPS,
-                              seed=cfg.seed),
+                              complete_sources=("motif", "liability"), seed=cfg.seed),
         progress=progress,
     )
     _print_summary(catalog, catalog_dir, time.perf_counter() - t0)
@@ -173,6 +182,21 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
 def _jain_headline(scores: Any) -> dict[str, float]:
     dense = scores[scores["k"] == 0]
     return {rep: round(float(g["score"].mean()), 4) for rep, g in dense.groupby("representation")}
+
+
+def biology_capture(catalog: Any) -> dict[str, int]:
+    """Antibody-biology token concepts captured (test F1 > 0.5) by SAE features, neurons and the random control."""
+    from workbench.associate import CAPTURED_F1
+
+    out: dict[str, int] = {}
+    for name in ("sae", "neurons", "random"):
+        if f"best_{name}" not in catalog.tables:
+            continue
+        best = catalog.table(f"best_{name}")
+        mine = best[best["concept"].astype(str).str.startswith(BIOLOGY_PREFIXES)]
+        out["n"] = len(mine)
+        out[name] = int((mine["test_f1"] > CAPTURED_F1).sum())
+    return out
 
 
 def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
@@ -186,6 +210,11 @@ def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
         f"concepts captured (test F1 > 0.5) of {s.get('n_concepts')}: SAE {s.get('concepts_captured_sae')}, "
         f"neurons {s.get('concepts_captured_neurons')}, random-weight control {s.get('concepts_captured_random')}",
     ]
+    biology = biology_capture(catalog)
+    if biology:
+        lines.append("antibody-biology concepts (SHM, humanness, liabilities, CDR lengths) captured of "
+                     f"{biology['n']}: SAE {biology['sae']}, neurons {biology['neurons']}, random-weight control "
+                     f"{biology['random']}")
     if "rediscovery_precision_at_k_mean" in s:
         lines.append(f"rediscovery precision@20 (mean over {s.get('rediscovery_concepts')} concepts): "
                      f"{s['rediscovery_precision_at_k_mean']:.2f} (base rate {s['rediscovery_base_rate_mean']:.2f})")

@@ -1,9 +1,12 @@
 """Annotation specs from the command line (``workbench annotate --source ...``) for sequence stores.
 
-Specs: ``anarci`` (IMGT numbering, regions, germlines, species), ``motif`` (sequons, Cys, amino-acid identity),
+Specs: ``anarci`` (IMGT numbering, regions, germlines, species), ``germline`` (somatic hypermutation against the
+assigned germline), ``humanness`` (residues no human germline has), ``liability`` (developability motifs, CDR vs
+FR), ``cdr`` (CDR-H3 / CDR-L1 lengths), ``motif`` (sequons, Cys, amino-acid identity),
 ``table:COL1,COL2`` (the store's carried table columns), ``uniprot:FILE`` (UniProt flat file or XML the store was
 extracted from), ``user:FILE`` (CSV/TSV of per-sequence labels or per-residue spans), ``pfam:FILE`` (an HMM file
-searched with pyhmmer).
+searched with pyhmmer), ``airr:FILE`` (the AIRR Rearrangement file the store was read from: somatic hypermutation
+from its germline_alignment).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["labels_from_specs", "parse_specs"]
 
-_PLAIN = ("anarci", "motif")
-_WITH_ARGUMENT = ("table", "uniprot", "user", "pfam")
+_PLAIN = ("anarci", "germline", "humanness", "liability", "cdr", "motif")
+_WITH_ARGUMENT = ("table", "uniprot", "user", "pfam", "airr")
 
 
 def parse_specs(specs: Sequence[str]) -> dict[str, Any]:
@@ -43,7 +46,7 @@ def parse_specs(specs: Sequence[str]) -> dict[str, Any]:
             else:
                 options["pfam_hmm" if name == "pfam" else name] = argument.strip()
         else:
-            raise InputError(f"unknown annotation source {spec!r}; use anarci, motif, table:COL1,COL2, uniprot:FILE, user:FILE or pfam:FILE")
+            raise InputError(f"unknown annotation source {spec!r}; use anarci, germline, humanness, liability, cdr, motif, table:COL1,COL2, uniprot:FILE, user:FILE, pfam:FILE or airr:FILE")
         if name not in sources:
             sources.append(name)
     if not sources:

@@ -25,6 +25,14 @@ def test_demo_builds_a_complete_catalog_and_reuses_it(demo_catalog: Path, capsys
     for table in ("association", "best_neurons", "best_random", "probes", "probes_jain", "missing_annotations",
                   "unexplained_features", "rediscovery", "causal"):
         assert table in catalog.tables, table
+    # The antibody-biology concepts are there, scoped, with per-chain measures and a summary line.
+    for concept in ("shm=mutated", "germline=conserved", "non_human_residue", "liability=deamidation",
+                    "liability_region=isomerisation:CDR"):
+        assert concept in best.index, concept
+    assert best.loc["shm=mutated", "n_scope"] < s["n_tokens"]
+    assert best.loc["liability=deamidation", "n_scope"] == s["n_tokens"]
+    measures = catalog.table("sequence_measures")
+    assert len(measures) == 240 and measures["shm_count"].notna().mean() > 0.95
     jain = catalog.table("probes_jain")
     assert jain["task"].eq("regression").all() and jain["n_samples"].max() == 137
     assert {"sae", "neurons"} <= set(jain["representation"])
@@ -38,3 +46,4 @@ def test_demo_builds_a_complete_catalog_and_reuses_it(demo_catalog: Path, capsys
     again = run(demo_catalog.parent, progress=False, config=cfg)
     printed = capsys.readouterr().out
     assert again.summary == s and "reusing" in printed and "concepts captured" in printed
+    assert "antibody-biology concepts" in printed

@@ -15,8 +15,16 @@ def test_specs_become_sequence_labels_options() -> None:
     assert opts["pfam_hmm"] == "mini.hmm" and opts["uniprot"] == "x.dat"
 
 
+def test_antibody_biology_specs_are_plain_sources() -> None:
+    opts = parse_specs(["anarci", "germline", "humanness", "liability", "cdr", "airr:reads.tsv"])
+    assert opts["sources"] == ("anarci", "germline", "humanness", "liability", "cdr", "airr")
+    assert opts["airr"] == "reads.tsv"
+
+
 @pytest.mark.parametrize(("specs", "message"), [
     (["anarci:x"], "takes no argument"),
+    (["germline:x"], "takes no argument"),
+    (["airr:"], "needs an argument"),
     (["uniprot:"], "needs an argument"),
     (["user:a.csv", "user:b.csv"], "given twice"),
     (["blast"], "unknown annotation source"),

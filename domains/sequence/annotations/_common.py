@@ -138,3 +138,14 @@ def store_sequences(store: ActivationStore) -> dict[str, str]:
     """Sequences rebuilt from the store's ``residue`` column: ``{sequence_id: sequence}`` in store order."""
     return _sequences_from_obs(_obs(store))
 
+
+def _token_mask(obs: pd.DataFrame, residues: pd.DataFrame) -> np.ndarray:
+    """Boolean token mask of ``residues`` (``sequence_id``, 1-based ``position``) in the store's token order."""
+    ids = obs["sequence_id"].astype(str).to_numpy()
+    change = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, dtype=np.int64)
+    first = dict(zip(ids[change], change))
+    mask = np.zeros(len(obs), dtype=bool)
+    if len(residues):
+        rows = np.array([first[s] for s in residues["sequence_id"].astype(str)], dtype=np.int64)
+        mask[rows + residues["position"].to_numpy(dtype=np.int64) - 1] = True
+    return mask

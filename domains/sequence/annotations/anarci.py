@@ -99,7 +99,8 @@ class Numbering:
     ``<scheme>_position``, ``insertion``, ``region``, ``chain_type``, ``residue``."""
     domains: pd.DataFrame
     """One row per numbered domain: span, chain type, species, germline V / J genes with their species and identity,
-    HMM e-value and bit score, ``hmm_species_used`` (``"all"``, or the species whose HMM kept the IMGT anchors) and
+    HMM e-value and bit score, ``hmm_species_used`` (``"all"``, or the species whose HMM kept the IMGT anchors),
+    ``hmm_species_first`` (the HMM's species in the first, all-species run) and
     ``anchor_breaks`` / ``anchor_breaks_first`` (``"23:S;104:Y"``, ``""`` when all anchors hold; after and before
     the anchor rescue)."""
     unnumbered: list[str]
@@ -224,6 +225,7 @@ def number_sequences(sequences: Mapping[str, str], *, scheme: str = "imgt", ncpu
         found.update(_number_batch(an, items[b : b + batch_size], hmm_species=species, **options))
     used = dict.fromkeys(found, "all")
     first_breaks: dict[str, list[str]] = {sid: [_anchor_breaks(d["numbered"]) for d in doms] for sid, doms in found.items()}
+    first_species = {sid: [d["details"].get("species") for d in doms] for sid, doms in found.items()}
     if check_anchors and long_scheme == "imgt":
         broken = [(sid, seq) for sid, seq in items if any(first_breaks.get(sid, []))]
         rescue = [s for s in ANCHOR_RESCUE_ORDER if s in species] + [s for s in species if s not in ANCHOR_RESCUE_ORDER]
@@ -238,6 +240,7 @@ def number_sequences(sequences: Mapping[str, str], *, scheme: str = "imgt", ncpu
                 if doms and len(doms) >= len(found[sid]) and n < best_n[sid]:
                     found[sid], best_n[sid], used[sid] = doms, n, sp_name
                     first_breaks[sid] = (first_breaks[sid] + [""] * len(doms))[: len(doms)]
+                    first_species[sid] = (first_species[sid] + [None] * len(doms))[: len(doms)]
 
     residue_cols = ("sequence_id", "domain", "position", position_col, "insertion", "chain_type", "residue")
     residues: dict[str, list[Any]] = {k: [] for k in residue_cols}
@@ -266,7 +269,7 @@ def number_sequences(sequences: Mapping[str, str], *, scheme: str = "imgt", ncpu
                 "v_gene": v_gene, "v_species": v_species, "v_identity": v_identity,
                 "j_gene": j_gene, "j_species": j_species, "j_identity": j_identity,
                 "evalue": details.get("evalue"), "bitscore": details.get("bitscore"),
-                "hmm_species_used": used.get(sid, "all"),
+                "hmm_species_used": used.get(sid, "all"), "hmm_species_first": first_species[sid][k_dom],
                 "anchor_breaks": _anchor_breaks(dom["numbered"]) if long_scheme == "imgt" else "",
                 "anchor_breaks_first": first_breaks[sid][k_dom] if long_scheme == "imgt" else "",
             })
@@ -277,7 +280,7 @@ def number_sequences(sequences: Mapping[str, str], *, scheme: str = "imgt", ncpu
     table = table[["sequence_id", "domain", "position", position_col, "insertion", "region", "chain_type", "residue"]]
     domain_cols = ["sequence_id", "domain", "chain_type", "start", "end", "species", "hmm_species", "v_gene",
                    "v_species", "v_identity", "j_gene", "j_species", "j_identity", "evalue", "bitscore",
-                   "hmm_species_used", "anchor_breaks", "anchor_breaks_first"]
+                   "hmm_species_used", "hmm_species_first", "anchor_breaks", "anchor_breaks_first"]
     numbering = Numbering(table, pd.DataFrame(domains, columns=domain_cols), unnumbered, long_scheme)
     report = numbering.anchor_report()
     if report.get("anarci_anchor_breaks_before"):
