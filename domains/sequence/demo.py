@@ -27,10 +27,9 @@ __all__ = ["run", "DemoConfig", "THERA_META"]
 
 THERA_META = ["CH1 Isotype", "VD LC", "Est. Status", "Target", "Genetics (Bispecifics delimited with semicolon)"]
 THERA_READ = {"id_col": "Therapeutic", "seq_cols": {"HC": "heavy", "LC": "light"}, "meta_cols": THERA_META}
-PROBE_SEQUENCE_GROUPS = ("chain_type", "species", "v_family", "CH1 Isotype", "Genetics (Bispecifics delimited with semicolon)",
-                         "shm_count", "non_human_fraction", "cdr_h3_length")
-"""Per-chain probe targets: chain, species and V family from ANARCI; isotype and origin from Thera-SAbDab; mutation
-count, non-human fraction and CDR-H3 length bins from the antibody-biology sources."""
+PROBE_SEQUENCE_GROUPS = ("chain_type", "species", "v_family", "CH1 Isotype", "Genetics (Bispecifics delimited with semicolon)")
+"""Per-chain probe targets: chain, species and V family from ANARCI; isotype and origin from Thera-SAbDab. (The
+per-chain antibody-biology measures are in the catalog's ``sequence_measures`` table.)"""
 LABEL_SOURCES = ("anarci", "germline", "humanness", "liability", "cdr", "table", "motif")
 """Annotation sources of the demo (:data:`domains.sequence.annotations.SOURCES`)."""
 BIOLOGY_PREFIXES = ("shm=", "germline=", "germline_residue=", "non_human_residue", "liability=", "liability_region=",

@@ -380,3 +380,21 @@ def test_real_airr_rearrangements_agree_with_the_anarci_germline_label(tiny_esm2
     assert anarci[both].sum() > 10  # real memory / plasma cells carry mutations
     table = residue_germline_labels(path, {r.id: r.sequence for r in records})
     assert int(table["mutated"].sum()) == int(airr.sum())
+
+
+def test_vectorised_germline_assignment_is_anarcis(rhesus_chains: dict[str, str], records: list[SequenceRecord]) -> None:
+    import importlib
+
+    from domains.sequence.annotations.anarci import ANARCI_SPECIES, assign_germlines
+
+    an = importlib.import_module("anarci.anarci")
+    items = [*rhesus_chains.items(), *((r.id, r.sequence) for r in records[:4])]
+    alignments = an.run_hmmer(items, hmm_database="ALL", ncpu=1, hmmer_species=list(ANARCI_SPECIES))
+    compared = 0
+    for (_sid, seq), (_hits, vectors, details) in zip(items, alignments):
+        for vector, d in zip(vectors, details):
+            species = [s for s in ANARCI_SPECIES if s in an.all_germlines["V"].get(d["chain_type"], {})]
+            assert assign_germlines(vector, seq, d["chain_type"], species) == an.run_germline_assignment(
+                vector, seq, d["chain_type"], allowed_species=species)
+            compared += 1
+    assert compared == len(items)

