@@ -157,14 +157,14 @@ def capture_section(catalog_dir: Path) -> list[str]:
     counts = {n: int((b.loc[[c for c in concepts if c in b.index], "test_f1"] > CAPTURED_F1).sum()) for n, b in best.items()}
     lines = ["### Antibody-biology concepts in the demo catalog (plain association, test F1)", "",
              f"`{catalog_dir}`: {len(concepts)} concepts; captured (test F1 > {CAPTURED_F1}): SAE **{counts.get('sae')}**, "
-             f"neurons {counts.get('neurons')}, random-weight control {counts.get('random')}. Instances = labelled "
-             "residues / spans; scope = residues on which the concept is defined (negatives only there).", "",
-             "| concept | residues | instances | scope | best SAE feature | SAE F1 | neuron F1 | random-control F1 |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"neurons {counts.get('neurons')}, random-weight control {counts.get('random')}. Residues = labelled "
+             "residues; scope = residues on which the concept is defined (negatives only there).", "",
+             "| concept | residues | scope | best SAE feature | SAE F1 | neuron F1 | random-control F1 |",
+             "|---|---|---|---|---|---|---|"]
     for c in sorted(concepts):
         s = best["sae"].loc[c]
-        row = [c, str(int(s["n_labelled"])), str(int(s.get("n_instances", s["n_labelled"]))) if "n_instances" in s else "",
-               str(int(s["n_scope"])) if "n_scope" in s else "", str(s["best_feature"]), _fmt(float(s["test_f1"]))]
+        row = [c, str(int(s["n_labelled"])), str(int(s["n_scope"])) if "n_scope" in s else "", str(s["best_feature"]),
+               _fmt(float(s["test_f1"]))]
         for n in ("neurons", "random"):
             row.append(_fmt(float(best[n].loc[c, "test_f1"])) if n in best and c in best[n].index else "")
         lines.append("| " + " | ".join(row) + " |")

@@ -148,7 +148,7 @@ def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.
         order = np.argsort(-share, kind="stable")
         items = [(values[i], float(share[i])) for i in order[:_PROFILE_TOP] if share[i] >= 0.01]
         label, peak, base = values[order[0]], float(share[order[0]]), float(baseline[order[0]])
-    head = f"{group}: " if in_scope is None else f"{group} ({_pct(in_scope)} in scope): "
+    head = f"{group}: " if in_scope is None or in_scope >= 0.995 else f"{group} ({_pct(in_scope)} in scope): "
     text = head + ", ".join(f"{v} {_pct(s)}" for v, s in items) if items else ""
     enriched = peak >= _PROFILE_CLAUSE_SHARE and peak >= _PROFILE_CLAUSE_LIFT * base
     if in_scope is not None:

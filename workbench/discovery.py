@@ -498,7 +498,7 @@ def _evidence(values: Any, order: np.ndarray, per_seq: Any, seq_ids: np.ndarray,
         inside = total if scope is None else np.bincount(coo.row, weights=coo.data * scope[coo.col], minlength=n)
         for i in range(n):
             text = _format_shares(concepts[cols], shares[i], inside[i], n=2)
-            if text and scope is not None:
+            if text and scope is not None and inside[i] < 0.995 * total[i]:  # say so only when part lies outside
                 text += f" (of the {100 * inside[i] / total[i]:.0f}% in scope)"
             if text:
                 profile_parts[i].append(text)

@@ -32,6 +32,10 @@ PROBE_SEQUENCE_GROUPS = ("chain_type", "species", "v_family", "CH1 Isotype", "Ge
 per-chain antibody-biology measures are in the catalog's ``sequence_measures`` table.)"""
 LABEL_SOURCES = ("anarci", "germline", "humanness", "liability", "cdr", "table", "motif")
 """Annotation sources of the demo (:data:`domains.sequence.annotations.SOURCES`)."""
+COMPLETE_SOURCES = ("motif", "liability", "cdr")
+"""Sources whose concepts follow from the sequence and its numbering alone (motifs, liability motifs, loop lengths):
+never proposed as missing annotations. Germline and humanness stay open: a feature marking mutations that fires
+in CDR3, where no germline is compared, is the kind of finding the workbench looks for."""
 BIOLOGY_PREFIXES = ("shm=", "germline=", "germline_residue=", "non_human_residue", "liability=", "liability_region=",
                     "cdr_h3_length=", "cdr_l1_length=")
 """Concept names of the antibody-biology sources (germline, humanness, liability, cdr), summarised on their own line."""
@@ -171,7 +175,7 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
         summary_extra={"demo": "antibody: AntiBERTy on Thera-SAbDab", "jain_r2": _jain_headline(jain_table),
                        "demo_seconds": seconds},
         config=AnnotateConfig(token_probe_groups=("region", "chain_region"), sequence_probe_groups=PROBE_SEQUENCE_GROUPS,
-                              complete_sources=("motif", "liability"), seed=cfg.seed),
+                              complete_sources=COMPLETE_SOURCES, seed=cfg.seed),
         progress=progress,
     )
     _print_summary(catalog, catalog_dir, time.perf_counter() - t0)
