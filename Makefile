@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/sae_quality.py
 	$(BIN)/python benchmarks/bench_associate.py
 	$(BIN)/python benchmarks/bench_demo.py
+	$(BIN)/python benchmarks/bench_antibody_concepts.py
 	$(BIN)/python benchmarks/bench_app.py
 	$(BIN)/python benchmarks/bench_imaging_cnn.py
 	$(BIN)/python benchmarks/bench_imaging_demo.py
