@@ -93,10 +93,7 @@ def probe_groups(labels: ConceptLabels, *, level: str, max_values: int = 30, min
         raise InputError(f"level must be 'token' or 'sequence', not {level!r}")
     if matrix.shape[1] == 0 or matrix.shape[0] == 0:
         return []
-    from workbench.probes import _group_coverage
-
     groups = _groups_of(table["concept"].tolist())
-    scopes = labels.scope_matrix(level)
     out = []
     for g in dict.fromkeys(groups):
         if not g:
@@ -105,7 +102,7 @@ def probe_groups(labels: ConceptLabels, *, level: str, max_values: int = 30, min
         if not 2 <= len(cols) <= max_values:
             continue
         single = np.asarray((matrix[:, cols].sum(1) == 1)).ravel()
-        inside = _group_coverage(scopes, cols)  # a scoped group: coverage of the rows where it is defined
+        inside = labels.group_scope(cols, level)  # a scoped group: coverage of the rows where it is defined
         covered = single.mean() if inside is None else (single[inside].mean() if inside.any() else 0.0)
         if covered >= min_coverage:
             out.append(str(g))

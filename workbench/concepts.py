@@ -95,6 +95,15 @@ class ConceptLabels:
             return None, index
         return np.stack([np.asarray(scopes[n], dtype=bool) for n in names], axis=1), index
 
+    def group_scope(self, columns: Sequence[int] | np.ndarray, level: str = "token") -> np.ndarray | None:
+        """Rows (tokens or sequences) inside the scope of at least one of the concepts ``columns``; None when one of
+        them is unscoped (defined on every row), so the group is defined everywhere."""
+        masks, index = self.scope_matrix(level)
+        k = index[np.asarray(columns, dtype=np.int64)]
+        if masks is None or len(k) == 0 or (k < 0).any():
+            return None
+        return masks[:, np.unique(k)].any(1)
+
     def select(self, min_tokens: int = 1, min_sequences: int = 1) -> ConceptLabels:
         """Keep concepts with at least ``min_tokens`` labelled tokens (token concepts) / ``min_sequences`` sequences."""
         keep_t = np.flatnonzero(self.token_concepts["n_tokens"].to_numpy() >= min_tokens)

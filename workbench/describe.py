@@ -75,8 +75,6 @@ def _profile(labels: ConceptLabels, features: FeatureMatrix,
     """:func:`feature_profile` plus, for a scoped group, the fraction of each feature's mass inside the scope."""
     import scipy.sparse as sp
 
-    from workbench.discovery import _group_scope
-
     concepts = labels.token_concepts["concept"].astype(str).tolist()
     prefix = group + "="
     cols = [j for j, c in enumerate(concepts) if c.startswith(prefix)]
@@ -91,7 +89,7 @@ def _profile(labels: ConceptLabels, features: FeatureMatrix,
     lab = sp.csr_matrix(labels.tokens[:, cols], dtype=np.float32)
     mass = np.asarray((x.T @ lab).todense(), dtype=np.float64)
     total = np.asarray(x.sum(0), dtype=np.float64).ravel()
-    scope = _group_scope(labels, np.asarray(cols, dtype=np.int64))
+    scope = labels.group_scope(cols)
     n_rows = lab.shape[0]
     in_scope = None
     if scope is not None:  # the mass and the tokens where the group is defined

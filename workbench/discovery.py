@@ -135,16 +135,6 @@ def _scope_weights(labels: ConceptLabels, weights: Any, cols: np.ndarray) -> tup
     return inside, size
 
 
-def _group_scope(labels: ConceptLabels, cols: np.ndarray) -> np.ndarray | None:
-    """Tokens where at least one of the token concepts ``cols`` is defined (None: all tokens, as when one of them
-    is unscoped)."""
-    masks, index = labels.scope_matrix("token")
-    k = index[cols]
-    if masks is None or len(k) == 0 or (k < 0).any():
-        return None
-    return masks[:, np.unique(k)].any(1)
-
-
 def _concept_features(association: Association, concepts: Sequence[str], *, min_test_f1: float, max_q: float,
                       features_per_concept: int) -> pd.DataFrame:
     """Each concept's reliable features: test F1 and q-value over the bars, the best ``features_per_concept`` by
@@ -493,7 +483,7 @@ def _evidence(values: Any, order: np.ndarray, per_seq: Any, seq_ids: np.ndarray,
         if len(cols) == 0:
             continue
         shares = (weights @ lab[:, cols]).toarray()
-        scope = _group_scope(labels, cols)
+        scope = labels.group_scope(cols)
         # A scoped group: shares of the weight where the group is defined (outside it, a token is no negative).
         inside = total if scope is None else np.bincount(coo.row, weights=coo.data * scope[coo.col], minlength=n)
         for i in range(n):

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,7 @@ def concat_results(results: Sequence[ProbeResult]) -> ProbeResult:
 
 
 def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what: str,
-                  scopes: tuple[np.ndarray | None, np.ndarray] | None = None) -> pd.DataFrame:
+                  scope_of: Callable[[list[int]], np.ndarray | None] | None = None) -> pd.DataFrame:
     import pandas as pd
     import scipy.sparse as sp
 
@@ -142,7 +142,7 @@ def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what
         one = np.flatnonzero(count == 1)
         codes = np.full(sub.shape[0], -1, dtype=np.int64)
         codes[one] = sub.indices[sub.indptr[one]]
-        covered = _group_coverage(scopes, np.asarray(cols, dtype=np.int64))
+        covered = scope_of(cols) if scope_of is not None else None
         if covered is not None:
             codes[~covered] = -1  # outside every scope of the group: unlabelled, not a class
         values = [split[j][1] for j in cols]
@@ -151,19 +151,6 @@ def _targets_from(matrix: Any, names: Sequence[str], groups: Sequence[str], what
         remap = np.array([categories.index(v) for v in values] + [-1], dtype=np.int64)
         out[group] = pd.Categorical.from_codes(remap[codes], categories=categories)
     return pd.DataFrame(out)
-
-
-def _group_coverage(scopes: tuple[np.ndarray | None, np.ndarray] | None, cols: np.ndarray) -> np.ndarray | None:
-    """Rows inside the scope of at least one of the concepts ``cols`` (None: every row, as when one is unscoped).
-
-    ``scopes`` is :meth:`~workbench.concepts.ConceptLabels.scope_matrix`'s ``(masks, index)``."""
-    if scopes is None or scopes[0] is None:
-        return None
-    masks, index = scopes
-    k = index[cols]
-    if len(k) == 0 or (k < 0).any():
-        return None
-    return masks[:, np.unique(k)].any(1)
 
 
 def token_targets(labels: ConceptLabels, groups: Sequence[str]) -> pd.DataFrame:
@@ -177,14 +164,14 @@ def token_targets(labels: ConceptLabels, groups: Sequence[str]) -> pd.DataFrame:
     :class:`InputError` listing the groups present.
     """
     return _targets_from(labels.tokens, labels.token_concepts["concept"].tolist(), groups, "token",
-                         labels.scope_matrix("token"))
+                         lambda cols: labels.group_scope(cols, "token"))
 
 
 def sequence_targets(labels: ConceptLabels, groups: Sequence[str]) -> pd.DataFrame:
     """Like :func:`token_targets`, for sequence-level concepts: one row per sequence in the store's order (NaN outside
     the sequence scopes of the group's concepts)."""
     return _targets_from(labels.sequences, labels.sequence_concepts["concept"].tolist(), groups, "sequence",
-                         labels.scope_matrix("sequence"))
+                         lambda cols: labels.group_scope(cols, "sequence"))
 
 
 # --------------------------------------------------------------------------------------------------- pooling

@@ -149,3 +149,9 @@ def _token_mask(obs: pd.DataFrame, residues: pd.DataFrame) -> np.ndarray:
         rows = np.array([first[s] for s in residues["sequence_id"].astype(str)], dtype=np.int64)
         mask[rows + residues["position"].to_numpy(dtype=np.int64) - 1] = True
     return mask
+
+
+def residue_spans(frame: pd.DataFrame, concept: pd.Series | str) -> pd.DataFrame:
+    """One-residue spans (``sequence_id, start, end, concept``) of the rows of ``frame`` (``sequence_id``,
+    1-based ``position``)."""
+    return frame.assign(start=frame["position"], end=frame["position"], concept=concept)[list(SPAN_COLUMNS)]

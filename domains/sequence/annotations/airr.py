@@ -43,7 +43,16 @@ from typing import TYPE_CHECKING, NamedTuple
 from workbench.concepts import ConceptLabels, scope_labels
 from workbench.errors import InputError
 
-from ._common import PathLike, _build, _empty_spans, _obs, _sequence_ids, _sequences_from_obs, _token_mask
+from ._common import (
+    PathLike,
+    _build,
+    _empty_spans,
+    _obs,
+    _sequence_ids,
+    _sequences_from_obs,
+    _token_mask,
+    residue_spans,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -175,14 +184,10 @@ def _airr_from(obs: pd.DataFrame, sequence_ids: Sequence[str], path: PathLike) -
     counts = dict(compared.attrs)
     mutated = compared[compared["mutated"]]
 
-    def spans(frame: pd.DataFrame, concept: pd.Series | str) -> pd.DataFrame:
-        return frame.assign(start=frame["position"], end=frame["position"], concept=concept)[
-            ["sequence_id", "start", "end", "concept"]]
-
     span_table = pd.concat([
-        spans(mutated, "shm_airr=mutated"),
-        spans(compared[~compared["mutated"]], "germline_airr=conserved"),
-        spans(mutated, "germline_residue_airr=" + mutated["germline"].astype(str)),
+        residue_spans(mutated, "shm_airr=mutated"),
+        residue_spans(compared[~compared["mutated"]], "germline_airr=conserved"),
+        residue_spans(mutated, "germline_residue_airr=" + mutated["germline"].astype(str)),
     ], ignore_index=True) if len(compared) else _empty_spans()
     per_sequence = compared.groupby("sequence_id", sort=False)["mutated"].agg(["sum", "size"])
     per_sequence = per_sequence.reindex(pd.Index(list(sequence_ids)))

@@ -362,6 +362,12 @@ def anarci_numbering(
                             check_anchors=check_anchors).residues
 
 
+def numbering_of(obs: pd.DataFrame, anarci_options: Mapping[str, Any] | None = None) -> Numbering:
+    """:func:`number_sequences` of the sequences in a store's token table, with :data:`ANARCI_DEFAULTS` under
+    ``anarci_options``."""
+    return number_sequences(_sequences_from_obs(obs), **{**ANARCI_DEFAULTS, **dict(anarci_options or {})})
+
+
 NUMBERED_SCOPE = "anarci:numbered"
 """Scope of the ANARCI concepts: the tokens (and sequences) of the sequences ANARCI numbered."""
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from workbench.concepts import ConceptLabels, scope_labels
 
-from ._common import _build, _empty_spans, _obs, _runs, _sequence_ids, _sequences_from_obs, _token_mask
-from .anarci import ANARCI_DEFAULTS, Numbering, number_sequences
+from ._common import _build, _empty_spans, _obs, _runs, _sequence_ids, _token_mask
+from .anarci import Numbering, numbering_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -110,5 +110,5 @@ def _cdr_from(obs: pd.DataFrame, sequence_ids: Sequence[str], numbering: Numberi
 def cdr_labels(store: ActivationStore, *, anarci_options: Mapping[str, Any] | None = None) -> ConceptLabels:
     """CDR-length concepts of every chain in ``store`` (source ``"cdr"``; see the module docstring)."""
     obs = _obs(store)
-    numbering = number_sequences(_sequences_from_obs(obs), **{**ANARCI_DEFAULTS, **dict(anarci_options or {})})
+    numbering = numbering_of(obs, anarci_options)
     return _cdr_from(obs, _sequence_ids(store), numbering)

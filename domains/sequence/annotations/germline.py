@@ -40,8 +40,8 @@ import numpy as np
 from workbench.concepts import ConceptLabels, scope_labels
 from workbench.errors import InputError
 
-from ._common import _build, _empty_spans, _obs, _sequence_ids, _sequences_from_obs, _token_mask
-from .anarci import ANARCI_DEFAULTS, Numbering, number_sequences
+from ._common import _build, _empty_spans, _obs, _sequence_ids, _token_mask, residue_spans
+from .anarci import Numbering, numbering_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -212,11 +212,6 @@ def _bin(values: np.ndarray, bins: Sequence[tuple[str, float, float]], *, exclus
     return out
 
 
-def _spans(frame: pd.DataFrame, concept: pd.Series | str) -> pd.DataFrame:
-    return frame.assign(start=frame["position"], end=frame["position"], concept=concept)[
-        ["sequence_id", "start", "end", "concept"]]
-
-
 def _per_sequence(sequence_ids: Sequence[str], frame: pd.DataFrame, columns: Mapping[str, Any]) -> pd.DataFrame:
     """Measures in store sequence order from per-residue flags summed per sequence (NaN for absent sequences)."""
     import pandas as pd
@@ -236,9 +231,9 @@ def _germline_from(obs: pd.DataFrame, sequence_ids: Sequence[str], numbering: Nu
     compared = r[r["germline"] != ""]
     mutated = compared[compared["mutated"]]
     spans = pd.concat([
-        _spans(mutated, "shm=mutated"),
-        _spans(compared[~compared["mutated"]], "germline=conserved"),
-        _spans(mutated, "germline_residue=" + mutated["germline"].astype(str)),
+        residue_spans(mutated, "shm=mutated"),
+        residue_spans(compared[~compared["mutated"]], "germline=conserved"),
+        residue_spans(mutated, "germline_residue=" + mutated["germline"].astype(str)),
     ], ignore_index=True) if len(compared) else _empty_spans()
     measures = _per_sequence(sequence_ids, compared.assign(m=compared["mutated"].astype(np.int64)),
                              {"shm_count": ("m", "sum"), "shm_compared": ("m", "size")})
@@ -272,7 +267,7 @@ def germline_labels(store: ActivationStore, *, v_call_column: str | None = None,
     leave their chain unlabelled and are counted in ``token_concepts.attrs`` (``germline_genes_not_in_anarci``).
     """
     obs = _obs(store)
-    numbering = number_sequences(_sequences_from_obs(obs), **{**ANARCI_DEFAULTS, **dict(anarci_options or {})})
+    numbering = numbering_of(obs, anarci_options)
     return _germline_from(obs, _sequence_ids(store), numbering, store.sequences, v_call_column=v_call_column,
                           j_call_column=j_call_column, species=species)
 
@@ -307,8 +302,8 @@ def _humanness_from(obs: pd.DataFrame, sequence_ids: Sequence[str], numbering: N
     r = humanness_residues(numbering)
     foreign = r[~r["human"]]
     spans = pd.concat([
-        _spans(foreign, "non_human_residue"),
-        _spans(foreign, np.where(foreign["any_germline"], "non_human_residue=other_species",
+        residue_spans(foreign, "non_human_residue"),
+        residue_spans(foreign, np.where(foreign["any_germline"], "non_human_residue=other_species",
                                  "non_human_residue=no_germline")),
     ], ignore_index=True) if len(foreign) else _empty_spans()
     measures = _per_sequence(sequence_ids, r.assign(n=(~r["human"]).astype(np.int64)),
@@ -327,5 +322,5 @@ def _humanness_from(obs: pd.DataFrame, sequence_ids: Sequence[str], numbering: N
 def humanness_labels(store: ActivationStore, *, anarci_options: Mapping[str, Any] | None = None) -> ConceptLabels:
     """Humanness concepts of every chain in ``store`` (source ``"humanness"``; see the module docstring)."""
     obs = _obs(store)
-    numbering = number_sequences(_sequences_from_obs(obs), **{**ANARCI_DEFAULTS, **dict(anarci_options or {})})
+    numbering = numbering_of(obs, anarci_options)
     return _humanness_from(obs, _sequence_ids(store), numbering)

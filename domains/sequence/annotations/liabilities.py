@@ -33,7 +33,7 @@ import numpy as np
 from workbench.concepts import ConceptLabels, scope_labels
 
 from ._common import SPAN_COLUMNS, _build, _empty_spans, _obs, _sequence_ids, _sequences_from_obs
-from .anarci import ANARCI_DEFAULTS, NUMBERED_SCOPE, Numbering, number_sequences, numbered_scope
+from .anarci import NUMBERED_SCOPE, Numbering, numbered_scope, numbering_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -116,6 +116,5 @@ def liability_labels(store: ActivationStore, *, numbered: bool = True,
     """Developability-liability concepts of every sequence in ``store`` (source ``"liability"``; see the module
     docstring). ``numbered=False`` skips ANARCI and gives the whole-sequence motifs only (for non-antibodies)."""
     obs = _obs(store)
-    numbering = (number_sequences(_sequences_from_obs(obs), **{**ANARCI_DEFAULTS, **dict(anarci_options or {})})
-                 if numbered else None)
+    numbering = numbering_of(obs, anarci_options) if numbered else None
     return _liability_from(obs, _sequence_ids(store), numbering)
