@@ -46,4 +46,4 @@ def test_demo_builds_a_complete_catalog_and_reuses_it(demo_catalog: Path, capsys
     again = run(demo_catalog.parent, progress=False, config=cfg)
     printed = capsys.readouterr().out
     assert again.summary == s and "reusing" in printed and "concepts captured" in printed
-    assert "antibody-biology concepts" in printed
+    assert "antibody-biology concepts" in printed and "beyond both controls" in printed
