@@ -36,7 +36,26 @@ class AnnotateConfig:
     """Options of :func:`annotate` (saved in the catalog's provenance)."""
 
     n_permutations: int = 20
-    """Label permutations for each concept's best-F1 null (0 skips the null)."""
+    """Label permutations for each concept's best-F1 null (0 skips the null); p-values beyond the permutations come
+    from the fitted tail (:func:`~workbench.associate.null_pvalues`)."""
+    strata_groups: Sequence[str] = ("imgt",)
+    """Token concept groups whose value makes up each token's stratum (a numbering) for the stratified association
+    (:mod:`workbench.stratified`); groups the labels lack are skipped."""
+    strata_columns: Sequence[str] = ("residue",)
+    """Columns of ``store.obs()`` in the stratum (the residue)."""
+    strata_sequence_groups: Sequence[str] = ("chain_type",)
+    """Sequence concept groups in the stratum (the chain type)."""
+    stratify: bool = True
+    """Stratified association, strata shares of unexplained features and concept findings (False: plain only)."""
+    n_bootstrap: int = 1000
+    """Bootstrap resamples of test sequences for the SAE-versus-control verdicts (0 skips the verdicts)."""
+    finding_groups: Sequence[str] = ()
+    """Sequence concept groups tested at the sequence level against pooled features, one binary target per value
+    (:func:`workbench.findings.sequence_inputs`), held out and controlled for ``finding_covariates``."""
+    finding_measures: Sequence[str] = ()
+    """Measures (``labels.measures`` columns) tested the same way as numeric targets."""
+    finding_covariates: Sequence[str] = ()
+    """Sequence concept groups (categorical) or measures (numeric) every sequence-level target is controlled for."""
     split_seed: int = 0
     """Seed of the validation / test split of sequences."""
     token_probe_groups: Sequence[str] | None = None
@@ -148,6 +167,7 @@ def annotate(
     adapter: Adapter | None = None,
     sequence_groups: Sequence[str] | None = None,
     sequence_targets: pd.DataFrame | None = None,
+    finding_targets: pd.DataFrame | None = None,
     extra_tables: Mapping[str, pd.DataFrame] | None = None,
     summary_extra: Mapping[str, Any] | None = None,
     obsm_extra: Mapping[str, np.ndarray] | None = None,
@@ -165,7 +185,8 @@ def annotate(
     manifest when omitted and ``config.n_causal > 0``). ``sequence_groups`` gives each store sequence a group key
     (for example the antibody a chain belongs to) so cross-validated probes never split a group; by default each
     sequence is its own group. ``sequence_targets`` (index = sequence id) adds sequence-level probe targets;
-    ``extra_tables`` go into the catalog as they are (``obsm_extra`` / ``uns_extra`` too: an image domain passes
+    ``finding_targets`` (index = sequence id) adds targets to the held-out sequence-level findings
+    (``config.finding_groups``); ``extra_tables`` go into the catalog as they are (``obsm_extra`` / ``uns_extra`` too: an image domain passes
     the pixels and their description); ``labels.measures`` (numeric per-sequence values) become the table
     ``sequence_measures`` (``sequence_id`` first); scoped concepts are scored inside their scopes throughout, and
     the ``best_*`` tables give each concept's scope size (``n_scope``); ``metrics`` are the SAE's fidelity metrics
@@ -202,7 +223,22 @@ def annotate(
         if len(sequence_groups) != len(ids):
             raise InputError(f"sequence_groups has {len(sequence_groups)} entries for {len(ids)} sequences")
         groups_seq = pd.factorize(pd.Series(list(sequence_groups), dtype=object))[0]
-    assoc_options = {"split_seed": cfg.split_seed, "n_permutations": cfg.n_permutations, "seed": cfg.seed}
+    assoc_options: dict[str, Any] = {"split_seed": cfg.split_seed, "n_permutations": cfg.n_permutations, "seed": cfg.seed}
+    strata = None
+    if cfg.stratify:
+        from workbench.stratified import token_strata
+
+        strata = token_strata(labels, obs, groups=cfg.strata_groups, columns=cfg.strata_columns,
+                              sequence_groups=cfg.strata_sequence_groups)
+        if len(strata.names) > 1:
+            assoc_options["strata"] = strata.codes
+            _log(progress, f"strata: {strata.description} ({len(strata.names)})")
+        else:  # none of the parts exists in these labels: nothing to stratify by
+            _log(progress, f"no strata ({', '.join([*cfg.strata_groups, *cfg.strata_columns])} absent): plain association only")
+            strata = None
+    seq_inputs = None
+    if cfg.finding_groups or cfg.finding_measures or finding_targets is not None:
+        seq_inputs = _sequence_inputs(labels, ids, finding_targets, cfg)  # checked before the long stages start
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -242,6 +278,23 @@ def annotate(
         tables["association_thresholds"] = sae_assoc.thresholds
     if "random" in controls:
         tables["best_random"] = controls["random"].best
+    if cfg.n_bootstrap > 0:
+        from workbench.verdicts import concept_verdicts
+
+        results = {"sae": (features, sae_assoc), "neurons": (neurons, neuron_assoc)}
+        if random_features is not None:
+            results["random"] = (random_features, controls["random"])
+        tables["verdicts"] = timed("verdicts (bootstrap)", lambda: concept_verdicts(
+            results, labels, ids, token_sequence, n_boot=cfg.n_bootstrap, seed=cfg.seed, split_seed=cfg.split_seed))
+    if strata is not None:
+        from workbench.findings import concept_findings
+
+        bests = {"sae": sae_assoc.best, "neurons": neuron_assoc.best}
+        if "random" in controls:
+            bests["random"] = controls["random"].best
+        findings = concept_findings(bests, tables.get("verdicts"))
+        findings["examples"] = _finding_examples(findings, features, token_sequence, ids)
+        tables["concept_findings"] = findings
 
     # -- probes -------------------------------------------------------------------------------------------------------
     reps: dict[str, Any] = {"sae": features.values, "neurons": raw}
@@ -276,6 +329,11 @@ def annotate(
         probe_tables.append(res.scores)
         weight_tables.append(res.weights)
         probe_notes.append(res.notes)
+    if seq_inputs is not None:
+        tables["sequence_findings"] = timed("sequence findings", lambda: _sequence_findings(
+            seq_inputs, pooled, {"sae": features.names, "neurons": neurons.names,
+                                 "random_sae": random_features.names if random_features is not None else []},
+            list(sequence_groups) if sequence_groups is not None else ids, cfg))
     if probe_tables:
         tables["probes"] = pd.concat(probe_tables, ignore_index=True)
         tables["probe_weights"] = pd.concat(weight_tables, ignore_index=True)
@@ -283,9 +341,11 @@ def annotate(
 
     # -- discovery ----------------------------------------------------------------------------------------------------
     open_labels = _without_sources(labels, cfg.complete_sources)
-    missing_tab = timed("candidate missing annotations", lambda: missing_annotations(features, open_labels, sae_assoc, obs))
+    missing_tab = timed("candidate missing annotations", lambda: missing_annotations(
+        features, open_labels, sae_assoc, obs, position_group=cfg.position_group))
     unexplained = timed("unexplained features", lambda: unexplained_features(
-        features, sae_assoc, labels, obs, profile_groups=cfg.profile_groups))
+        features, sae_assoc, labels, obs, profile_groups=cfg.profile_groups,
+        strata=strata.codes if strata is not None else None))
     tables["missing_annotations"] = missing_tab
     tables["unexplained_features"] = unexplained
     concepts = labels.token_concepts["concept"].tolist()
@@ -295,9 +355,16 @@ def annotate(
         wanted = set(cfg.rediscovery_groups)
         chosen = [c for c in concepts if c.split("=", 1)[0] in wanted]
     if chosen is None or chosen:
-        tables["rediscovery"] = timed("rediscovery", lambda: rediscovery(
-            features, labels, obs, ids, token_sequence, concepts=chosen, withhold=cfg.rediscovery_withhold,
-            k=cfg.rediscovery_k, seed=cfg.seed, association_options={"split_seed": cfg.split_seed, "n_permutations": 0}))
+        red_options = {"concepts": chosen, "withhold": cfg.rediscovery_withhold, "k": cfg.rediscovery_k, "seed": cfg.seed,
+                       "association_options": {"split_seed": cfg.split_seed, "n_permutations": 0}}
+        red = timed("rediscovery", lambda: rediscovery(features, labels, obs, ids, token_sequence, **red_options))
+        if random_features is not None:
+            from workbench.findings import rediscovery_evidence
+
+            red_control = timed("rediscovery (random control)", lambda: rediscovery(
+                random_features, labels, obs, ids, token_sequence, **red_options))
+            red = rediscovery_evidence(red, red_control)
+        tables["rediscovery"] = red
 
     # -- causal check -------------------------------------------------------------------------------------------------
     if cfg.n_causal > 0:
@@ -325,6 +392,12 @@ def annotate(
             obs_extra = pd.DataFrame({cfg.position_group: strings}, index=pd.Index(ids, name="sequence_id"))
     summary = dict(summary_extra or {})
     summary.update(_summary(tables))
+    if strata is not None:
+        from workbench.findings import headline
+
+        summary.update(headline(tables))
+        summary["strata"] = strata.description
+        summary["n_strata"] = len(strata.names)
     summary["annotate_seconds"] = timings
     adata = timed("catalog", lambda: build_catalog(
         store, sae, features, sae_assoc, labels, layer=layer, controls=controls, metrics=metrics, tables=tables,
@@ -339,6 +412,58 @@ def annotate(
     path = write_catalog(adata, out, overwrite=overwrite)
     _log(progress, f"catalog written to {path} in {time.perf_counter() - t_start:.0f} s")
     return Catalog.open(path)
+
+
+def _sequence_inputs(labels: ConceptLabels, ids: Sequence[str], finding_targets: pd.DataFrame | None,
+                     cfg: AnnotateConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Targets and covariates of the sequence-level findings, validated (covariates encoded once) up front."""
+    from workbench.findings import sequence_inputs
+    from workbench.heldout import covariate_matrix
+
+    extra = None
+    if finding_targets is not None:
+        missing = [i for i in finding_targets.index.astype(str) if i not in set(ids)]
+        if missing:
+            raise InputError(f"finding targets name sequences not in the store: {missing[:3]}")
+        extra = finding_targets.reindex(ids).reset_index(drop=True)
+    targets, covariates = sequence_inputs(labels, groups=cfg.finding_groups, measures=cfg.finding_measures,
+                                          covariates=cfg.finding_covariates, extra=extra)
+    if covariates is not None:
+        covariate_matrix(covariates)  # a numeric covariate with missing values is refused here, not after the probes
+    return targets, covariates
+
+
+def _sequence_findings(inputs: tuple[pd.DataFrame, pd.DataFrame | None], pooled: Mapping[str, np.ndarray],
+                       names: Mapping[str, Sequence[str]], group_keys: Sequence[str], cfg: AnnotateConfig) -> pd.DataFrame:
+    """Held-out sequence-level findings: each target controlled for the covariates; the best single feature chosen on
+    the validation half of the sequence groups (the split of the association), tested on the other half."""
+    from workbench.associate import sequence_split
+    from workbench.heldout import heldout_findings
+
+    targets, covariates = inputs
+    train = sequence_split([str(g) for g in group_keys], seed=cfg.split_seed)
+    values = {name: np.asarray(x) for name, x in pooled.items() if len(names.get(name, []))}
+    return heldout_findings(values, targets, feature_names={n: names[n] for n in values}, covariates=covariates,
+                            train=train).table
+
+
+def _finding_examples(findings: pd.DataFrame, features: Any, token_sequence: np.ndarray, ids: Sequence[str],
+                      n: int = 3) -> list[str]:
+    """For each concept finding (and each concept a control explains as well), the ``n`` sequences where its
+    surviving feature carries the most activation, comma-joined ('' for the other rows)."""
+    index = {name: i for i, name in enumerate(features.names)}
+    csc = features.values.tocsc()
+    out = []
+    for feature, status in zip(findings["beyond_feature"].astype(str), findings["finding"]):
+        j = index.get(feature)
+        if j is None or status not in ("finding", "control as good"):
+            out.append("")
+            continue
+        rows = csc.indices[csc.indptr[j]: csc.indptr[j + 1]]
+        mass = np.bincount(token_sequence[rows], weights=csc.data[csc.indptr[j]: csc.indptr[j + 1]], minlength=len(ids))
+        top = np.argsort(-mass, kind="stable")[:n]
+        out.append(", ".join(str(ids[i]) for i in top if mass[i] > 0))
+    return out
 
 
 def _without_sources(labels: ConceptLabels, sources: Sequence[str]) -> ConceptLabels:
@@ -436,15 +561,30 @@ def _summary(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
         out["rediscovery_precision_at_k_mean"] = round(float(red["precision_at_k"].mean()), 4)
         out["rediscovery_base_rate_mean"] = round(float(red["base_rate"].mean()), 4)
         out["rediscovery_concepts"] = int(len(red))
+        if "control_precision_at_k" in red.columns:
+            out["rediscovery_control_precision_at_k_mean"] = round(float(red["control_precision_at_k"].mean()), 4)
+            out["rediscovery_evidence"] = int(red["evidence"].sum())
     missing = tables.get("missing_annotations")
     if missing is not None and len(missing):
+        shown = missing[missing["kind"] != "numbering artefact"]
+        if "stratified" in shown.columns:  # what position and residue explain is not shown as a discovery
+            shown = shown[shown["stratified"] == "survives"]
         out["top_missing_annotations"] = [
-            f"{r.concept} in {r.sequence_id}:{r.start}-{r.end} ({r.feature}, score {r.score:.2f})" for r in missing.head(3).itertuples()
+            f"{r.concept} in {r.sequence_id}:{r.start}-{r.end} {getattr(r, 'residues', '')} ({r.kind}; {r.feature}, "
+            f"score {r.score:.2f}" + (f", OR {r.or_mh:.1f} beyond position and residue, q {r.q_cmh:.1g}"
+                                      if "or_mh" in shown.columns else "") + ")"
+            for r in shown.head(3).itertuples()
         ]
+        out["missing_annotation_artefacts"] = int((missing["kind"] == "numbering artefact").sum())
+        out["missing_annotation_candidates"] = int((missing["kind"] != "numbering artefact").sum())
+        if "stratified" in missing.columns:
+            out["missing_annotations_surviving"] = int(len(shown))
     unexplained = tables.get("unexplained_features")
     if unexplained is not None and len(unexplained):
         out["top_unexplained_features"] = [
-            f"{r.feature}: {r.top_residues}; {r.profile}" for r in unexplained.head(3).itertuples()
+            f"{r.feature}: {r.top_residues}; {r.profile}"
+            + (f"; strata explain {100 * r.strata_share:.0f}% of its variance" if hasattr(r, "strata_share") else "")
+            for r in unexplained.head(3).itertuples()
         ]
     return out
 

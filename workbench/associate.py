@@ -11,10 +11,13 @@ over the analysis set, binarising at thresholds 0, 0.15, 0.5, 0.6 and 0.8, and c
 choosing each pair's best threshold on a validation split of sequences and reporting F1 on a held-out test split;
 a concept is "captured" when some feature reaches test F1 > 0.5. Here the normalisation uses the maximum on the
 analysis set (InterPLM v1.0 thresholded raw values), every count is one sparse matrix product per threshold and
-split, and three additions are standard outputs: a one-sided hypergeometric enrichment test of each pair at its
-chosen threshold with Benjamini-Hochberg q-values, a permutation null for each concept's best F1 (labels shifted
-circularly along the token axis, which keeps the span structure), and the same computation on controls (the
-model's neurons; an SAE trained on a random-weight copy of the model).
+split, and four additions are standard outputs: a one-sided hypergeometric enrichment test of each pair at its
+chosen threshold with Benjamini-Hochberg q-values; a permutation null for each concept's best F1 over all features
+(labels shifted circularly along the token axis, which keeps the span structure; p-values beyond the permutations
+from a fitted Gumbel tail, :func:`null_pvalues`, so that they can pass a correction); with ``strata``, the same
+pairs tested within strata such as IMGT position x residue (:mod:`workbench.stratified`), which says whether the
+association survives the trivial explanations; and the same computation on controls (the model's neurons; an SAE
+trained on a random-weight copy of the model).
 
 Scoped concepts (:attr:`~workbench.concepts.ConceptLabels.scopes`: defined only where the source could decide, such
 as residues compared with an assigned germline) count only the tokens inside their scope: precision is
@@ -43,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "THRESHOLDS", "FeatureMatrix", "feature_matrix", "neuron_matrix", "associate", "associate_store", "Association",
-    "sequence_split", "count_pairs",
+    "sequence_split", "count_pairs", "null_pvalues",
 ]
 
 THRESHOLDS: tuple[float, ...] = (0.0, 0.15, 0.5, 0.6, 0.8)
@@ -187,7 +190,7 @@ def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, insta
     n_con = c.shape[1]
     hit = tp.astype(np.float64, copy=True)
     n_inst = np.zeros(n_con, dtype=np.int64)
-    rows_all, cols_all, ids_all = [], [], []
+    rows_all, ids_all = [], []
     n_spans = 0
     span_concept = []
     for j in range(n_con):
@@ -271,8 +274,12 @@ class Association:
     F1, test precision / recall / domain recall, counts, enrichment p- and q-values. ``n_active`` counts the
     feature's active tokens inside the concept's scope (all its active tokens for an unscoped concept)."""
     best: pd.DataFrame
-    """One row per concept: its best feature by validation F1, that feature's test F1, the permutation-null p-value,
-    ``n_labelled`` and ``n_scope`` (tokens in the concept's scope; every token for an unscoped concept)."""
+    """One row per concept: its best feature by validation F1, that feature's test F1, the permutation null
+    (``null_p``, ``null_p_empirical``, ``null_z``, ``null_q``: :func:`null_pvalues`), ``n_labelled`` and ``n_scope``
+    (tokens in the concept's scope; every token for an unscoped concept); when stratified, the columns of
+    :func:`workbench.stratified.best_columns` (``stratified``, ``or_mh``, ``q_cmh``, ``beyond_feature``,
+    ``beyond_test_f1``, ``beyond_or``, ``beyond_q``, ``captured_beyond``). ``pairs`` then carries those of
+    :func:`workbench.stratified.pair_columns`."""
     params: dict[str, Any] = field(default_factory=dict)
     thresholds: pd.DataFrame | None = None
     """For each concept's best features (by validation F1, ``top_per_threshold`` of them), the test precision,
@@ -294,12 +301,16 @@ def associate(
     n_permutations: int = 20,
     seed: int = 0,
     top_per_threshold: int = 5,
+    strata: np.ndarray | None = None,
 ) -> Association:
     """Associate every feature with every token concept (see the module docstring).
 
     ``sequence_ids`` is the store's sequence order and ``token_sequence`` the index into it of every token's sequence
     (``len == n_tokens``); sequences are split into validation and test halves by :func:`sequence_split`.
     Concepts with a scope in ``labels`` are scored on the tokens of their scope only (module docstring).
+    ``strata`` (one stratum code per token, e.g. :func:`workbench.stratified.token_strata`) adds the stratified test
+    of every pair at its chosen threshold (:func:`workbench.stratified.mantel_haenszel`) to ``pairs`` and ``best``
+    (see :class:`Association`).
     """
     import pandas as pd
     from scipy.stats import false_discovery_control, hypergeom
@@ -372,11 +383,17 @@ def associate(
         "test_recall": test_recall[keep], "test_domain_recall": test_domain[keep],
         "tp": tp_all[keep].astype(int), "n_active": n_act[keep].astype(int), "n_labelled": n_lab[keep].astype(int),
         "p_value": p[keep], "q_value": q[keep],
-    }).sort_values(["concept", "val_f1"], ascending=[True, False], ignore_index=True)
+    })
+    if strata is not None:
+        from workbench.stratified import pair_columns
+
+        cmh = pair_columns(values, lab, strata, thresholds, best_t, keep, q, scopes=masks, scope_index=scope_index)
+        pairs = pd.concat([pairs, cmh], axis=1)
+    pairs = pairs.sort_values(["concept", "val_f1"], ascending=[True, False], ignore_index=True)
 
     best_feature = val_f1.argmax(0)  # per concept
-    null_p = _permutation_null(values, lab, inst, parts, thresholds, val_f1.max(0), n_permutations, seed,
-                               scopes=masks, scope_index=scope_index)
+    null = _permutation_null(values, lab, inst, parts, thresholds, val_f1.max(0), n_permutations, seed,
+                             scopes=masks, scope_index=scope_index)
     best = pd.DataFrame({
         "concept": concepts,
         "best_feature": np.asarray(features.names)[best_feature],
@@ -384,11 +401,16 @@ def associate(
         "test_f1": test_f1[best_feature, np.arange(len(concepts))],
         "threshold": np.asarray(thresholds)[best_t[best_feature, np.arange(len(concepts))]],
         "q_value": q[best_feature, np.arange(len(concepts))],
-        "null_p": null_p,
+        **null,
         "n_labelled": np.asarray(lab.sum(0)).ravel().astype(int),
         "n_scope": n_scope,
     })
+    if strata is not None:
+        from workbench.stratified import best_columns
+
+        best = pd.concat([best, best_columns(pairs, best)], axis=1)
     params = {"thresholds": list(thresholds), "split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
+              "stratified": strata is not None,
               "n_tokens": n_tokens, "n_features": values.shape[1], "n_concepts": len(concepts), "captured_f1": CAPTURED_F1}
     curves = _threshold_curves(stats["test"], val_f1, features.names, concepts, thresholds, top_per_threshold)
     return Association(pairs, best, params, curves)
@@ -417,25 +439,26 @@ def _threshold_curves(test_stats: list[tuple[np.ndarray, ...]], val_f1: np.ndarr
 
 def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndarray], thresholds: Sequence[float],
                       observed: np.ndarray, n_permutations: int, seed: int, *, scopes: np.ndarray | None = None,
-                      scope_index: np.ndarray | None = None) -> np.ndarray:
-    """Empirical p-value of each concept's best validation F1 against labels shifted circularly along the tokens.
+                      scope_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Each concept's best validation F1 against labels shifted circularly along the tokens: :func:`null_pvalues`
+    of the per-permutation maxima over features (a max statistic, so one concept's p-value accounts for every
+    feature tried).
 
     Scope masks (``scopes``, tokens x n_scopes) shift together with the labels, so shifted labels stay inside their
     shifted scope and a scoped concept's precision keeps counting only the tokens where it is defined."""
     if n_permutations <= 0:
-        return np.full(len(observed), np.nan)
+        return null_pvalues(observed, np.zeros((0, len(observed))))
     rng = np.random.default_rng(seed)
     n = lab.shape[0]
-    exceed = np.zeros(len(observed))
+    maxima = np.zeros((n_permutations, len(observed)))
     rows = parts["val"]
     v = _maybe_dense(values[rows])
     actives = [v > t for t in thresholds]
-    for _ in range(n_permutations):
+    for i in range(n_permutations):
         shift = int(rng.integers(1, n))
         order = (np.arange(n) - shift) % n
         lb, ins = lab[order][rows], inst[order][rows]
         sc = None if scopes is None else scopes[order[rows]]
-        best = np.zeros(len(observed))
         for active in actives:
             if sc is None:
                 c = count_pairs(active, lb, ins)
@@ -444,9 +467,49 @@ def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndar
                 c = count_pairs(active, lb, ins, sc, scope_index)
                 n_act = c["n_active_scoped"]
             f1 = _f1(c["tp"], n_act, c["n_labelled"], c["hit_instances"], c["n_instances"])[3]
-            best = np.maximum(best, f1.max(0))
-        exceed += best >= observed
-    return (exceed + 1) / (n_permutations + 1)
+            maxima[i] = np.maximum(maxima[i], f1.max(0) if f1.size else 0.0)
+    return null_pvalues(observed, maxima)
+
+
+NULL_MIN_EXCEED = 10
+"""Below this many null values at or above the observed one, the p-value comes from the fitted tail."""
+
+
+def null_pvalues(observed: np.ndarray, maxima: np.ndarray, *, min_exceed: int = NULL_MIN_EXCEED) -> dict[str, np.ndarray]:
+    """p-values of ``observed`` (per concept) against permutation maxima (``n_permutations x concepts``).
+
+    With ``n`` permutations an empirical p-value cannot go below ``1 / (n + 1)`` and so never passes a
+    Benjamini-Hochberg correction over hundreds of concepts. As in Knijnenburg et al. (2009, Bioinformatics 25:i161),
+    where fewer than ``min_exceed`` null values reach the observed one the p-value comes from a distribution fitted
+    to the null instead: the maximum over many features follows an extreme-value law, so a Gumbel distribution is
+    fitted to the maxima by moments (scale ``sd sqrt(6) / pi``, location ``mean - 0.5772 scale``) and ``null_p`` is
+    its upper tail at the observed value. Returns ``null_p``, ``null_p_empirical`` (``(1 + #exceed) / (n + 1)``),
+    ``null_z`` (observed minus the null mean, in null standard deviations) and ``null_q`` (BH over the concepts);
+    all NaN without permutations. A null without spread (every maximum equal) keeps the empirical p-value.
+    """
+    from scipy.stats import false_discovery_control
+
+    observed = np.asarray(observed, dtype=np.float64)
+    n = maxima.shape[0]
+    if n == 0:
+        nan = np.full(len(observed), np.nan)
+        return {"null_p": nan, "null_p_empirical": nan.copy(), "null_z": nan.copy(), "null_q": nan.copy()}
+    exceed = (maxima >= observed[None, :]).sum(0)
+    empirical = (exceed + 1) / (n + 1)
+    mean = maxima.mean(0)
+    sd = maxima.std(0, ddof=1) if n > 1 else np.zeros(len(observed))
+    scale = sd * np.sqrt(6) / np.pi
+    loc = mean - np.euler_gamma * scale
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tail = -np.expm1(-np.exp(-(observed - loc) / np.where(scale > 0, scale, 1.0)))
+        z = np.where(sd > 0, (observed - mean) / np.where(sd > 0, sd, 1.0), np.where(observed > mean, np.inf, 0.0))
+    use_tail = (exceed < min_exceed) & (sd > 0)
+    p = np.where(use_tail, tail, empirical)
+    q = np.full(len(p), np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = false_discovery_control(np.clip(p[ok], 0.0, 1.0), method="bh")
+    return {"null_p": p, "null_p_empirical": empirical, "null_z": z, "null_q": q}
 
 
 def associate_store(store: ActivationStore, labels: ConceptLabels, *, layer: int, sae: Any | None = None, **options: Any) -> Association:

@@ -11,6 +11,7 @@ PAGES = [
     ("app_pages/overview.py", "Overview", ":material/dashboard:"),
     ("app_pages/features.py", "Feature browser", ":material/search:"),
     ("app_pages/concepts.py", "Concept explorer", ":material/category:"),
+    ("app_pages/beyond.py", "Beyond position", ":material/filter_alt:"),
     ("app_pages/discovery.py", "Discovery", ":material/lightbulb:"),
     ("app_pages/atlas.py", "Feature atlas", ":material/scatter_plot:"),
     ("app_pages/live.py", "Live input", ":material/edit:"),

@@ -267,6 +267,7 @@ def annotate_images(
                               "positive_class": positive_name, "layer_name": layer_name}},
         config=AnnotateConfig(n_causal=0, n_permutations=cfg.n_permutations, complete_sources=("measured",), position_group=None,
                               rediscovery_groups=(), profile_groups=("frame_row", "frame_col"),
+                              strata_groups=("frame_row", "frame_col"), strata_columns=(), strata_sequence_groups=(),
                               token_probe_groups=("frame_row", "frame_col", "patch_intensity"),
                               sequence_probe_groups=("label", "intensity", "contrast", "edges"), seed=cfg.seed),
         overwrite=overwrite, progress=progress,

@@ -39,6 +39,19 @@ in CDR3, where no germline is compared, is the kind of finding the workbench loo
 BIOLOGY_PREFIXES = ("shm=", "germline=", "germline_residue=", "non_human_residue", "liability=", "liability_region=",
                     "cdr_h3_length=", "cdr_l1_length=")
 """Concept names of the antibody-biology sources (germline, humanness, liability, cdr), summarised on their own line."""
+FINDING_GROUPS = ("CH1 Isotype", "Target")
+"""Thera-SAbDab columns tested at the sequence level (one binary target per frequent value)."""
+FINDING_MEASURES = ("shm_count", "non_human_fraction")
+"""Per-chain measures tested at the sequence level: somatic mutations against the germline, humanness."""
+FINDING_COVARIATES = ("species", "chain_type", "v_family")
+"""What every sequence-level target is controlled for (ANARCI's species, chain type and V family)."""
+ORIGINS = {"Genetically human": "human", "Genetically Human": "human", "Humanised": "humanised",
+           "Humanised by CDR Grafting": "humanised", "Chimeric": "chimeric", "Chimeric (Murine/Human)": "chimeric",
+           "Murine": "murine"}
+"""Thera-SAbDab's genetics values grouped into the four origins (other values, such as caninised or mixed
+chimeric-and-humanised entries, are left out of the origin targets)."""
+REDISCOVERY_GROUPS = ("region", "motif", "liability", "shm", "non_human_residue")
+"""Concept groups of the rediscovery check: regions (positional) beside liabilities, SHM and non-human residues."""
 JAIN_READ = {"id_col": "Name", "seq_cols": {"VH": "heavy", "VL": "light"}, "skip_missing": True}
 JAIN_ASSAYS = [
     "HEK Titer (mg/L)", "Fab Tm by DSF (°C)", "SGAC-SINS AS100 ((NH4)2SO4 mM)", "HIC Retention Time (Min)a",
@@ -104,6 +117,25 @@ def _sae(store: Any, out: Path, cfg: DemoConfig, progress: bool) -> Path:
 def _group(sequence_id: str) -> str:
     """The antibody a chain record belongs to (``Abagovomab|heavy`` -> ``Abagovomab``)."""
     return sequence_id.rsplit("|", 1)[0]
+
+
+def finding_targets(sequence_ids: list[str]) -> Any:
+    """Per chain: origin (human / humanised / chimeric / murine, one-vs-rest among the four) and clinical status
+    (approved: highest clinical stage "Approved"; discontinued: estimated status "Discontinued"; others NaN), from the
+    bundled Thera-SAbDab table."""
+    import numpy as np
+    import pandas as pd
+
+    table = pd.read_csv(bundled("therasabdab")).drop_duplicates("Therapeutic").set_index("Therapeutic")
+    antibodies = pd.Index([_group(i) for i in sequence_ids])
+    origin = table["Genetics (Bispecifics delimited with semicolon)"].map(ORIGINS).reindex(antibodies).to_numpy(dtype=object)
+    out = {}
+    for value in ("human", "humanised", "chimeric", "murine"):
+        out[f"origin={value}"] = np.where(pd.isna(origin), None, origin == value)
+    approved = (table["Highest_Clin_Trial (Feb '25)"] == "Approved").reindex(antibodies).to_numpy(dtype=bool)
+    stopped = (table["Est. Status"] == "Discontinued").reindex(antibodies).to_numpy(dtype=bool)
+    out["approved_vs_discontinued"] = np.where(approved & ~stopped, True, np.where(stopped & ~approved, False, None))
+    return pd.DataFrame(out, index=pd.Index(sequence_ids, name="sequence_id"))
 
 
 def jain_probes(jain_store: Any, sae: Any, *, layer: int, seed: int = 0) -> Any:
@@ -172,10 +204,13 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
     catalog = workbench.annotate(
         thera, sae_dir, labels, layer=cfg.layer, out=catalog_dir, control_store=control, control_sae=control_dir,
         sequence_groups=[_group(i) for i in ids], extra_tables={"probes_jain": jain_table},
+        finding_targets=finding_targets(ids),
         summary_extra={"demo": "antibody: AntiBERTy on Thera-SAbDab", "jain_r2": _jain_headline(jain_table),
                        "demo_seconds": seconds},
         config=AnnotateConfig(token_probe_groups=("region", "chain_region"), sequence_probe_groups=PROBE_SEQUENCE_GROUPS,
-                              complete_sources=COMPLETE_SOURCES, seed=cfg.seed),
+                              complete_sources=COMPLETE_SOURCES, rediscovery_groups=REDISCOVERY_GROUPS,
+                              finding_groups=FINDING_GROUPS, finding_measures=FINDING_MEASURES,
+                              finding_covariates=FINDING_COVARIATES, seed=cfg.seed),
         progress=progress,
     )
     _print_summary(catalog, catalog_dir, time.perf_counter() - t0)
@@ -233,13 +268,36 @@ def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
                      f"{biology['n']}: SAE {biology['sae']}, neurons {biology['neurons']}, random-weight control "
                      f"{biology['random']}; beyond both controls (SAE F1 >= control + {BEYOND_MARGIN}): "
                      f"{biology.get('beyond_controls', 'n/a')}")
+    if "concepts_captured_beyond_sae" in s:
+        lines.append(
+            f"concepts captured beyond position and residue (strata {s.get('strata')}; {s.get('concepts_testable')} of "
+            f"{s.get('n_concepts')} concepts testable): SAE {s['concepts_captured_beyond_sae']}, neurons "
+            f"{s.get('concepts_captured_beyond_neurons')}, random-weight control {s.get('concepts_captured_beyond_random')};"
+            f" findings (SAE beyond the strata and better than both controls): {s.get('concept_findings')}")
+        for item in s.get("top_concept_findings") or []:
+            lines.append(f"  - {item}")
     if "rediscovery_precision_at_k_mean" in s:
+        control = (f", random control {s['rediscovery_control_precision_at_k_mean']:.2f}; concepts where the SAE beats "
+                   f"the control: {s.get('rediscovery_evidence')}" if "rediscovery_control_precision_at_k_mean" in s else "")
         lines.append(f"rediscovery precision@20 (mean over {s.get('rediscovery_concepts')} concepts): "
-                     f"{s['rediscovery_precision_at_k_mean']:.2f} (base rate {s['rediscovery_base_rate_mean']:.2f})")
+                     f"{s['rediscovery_precision_at_k_mean']:.2f} (base rate {s['rediscovery_base_rate_mean']:.2f}{control})")
+    if "sequence_targets_tested" in s:
+        counts = s.get("sequence_targets_significant") or {}
+        lines.append(
+            f"sequence-level targets (origin, clinical status, isotype, target, SHM, humanness): best single pooled "
+            f"feature chosen on half the antibodies, tested on the other half after control for species, chain type and"
+            f" V family; significant of {s['sequence_targets_tested']} (not testable: "
+            f"{s.get('sequence_targets_not_testable', 0)}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines.extend(f"  - {item}" for item in s.get("sequence_findings") or [])
     if "jain_r2" in s:
         lines.append(f"Jain-137 assays, mean cross-validated R2: {s['jain_r2']}")
-    for title, key in (("top candidate missing annotations", "top_missing_annotations"),
-                       ("top unexplained features", "top_unexplained_features")):
+    if "missing_annotations_surviving" in s and not s.get("top_missing_annotations"):
+        lines.append(f"candidate missing annotations beyond position and residue: none of the "
+                     f"{s.get('missing_annotation_candidates', 0)} listed candidates survives the stratification "
+                     f"(numbering artefacts set aside: {s.get('missing_annotation_artefacts', 0)})")
+    for title, key in (("top candidate missing annotations beyond position and residue (numbering artefacts set "
+                        f"aside: {s.get('missing_annotation_artefacts', 0)})", "top_missing_annotations"),
+                       ("top unexplained features (ranked by what the strata do not explain)", "top_unexplained_features")):
         items = s.get(key) or []
         if len(items):
             lines.append(f"{title}:")

@@ -60,6 +60,12 @@ def _chart_rows(chart: Any) -> pd.DataFrame:
     return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
 
 
+def _shown_missing(cat: Catalog) -> pd.DataFrame:
+    """The candidate missing annotations the Discovery page lists by default: numbering artefacts hidden."""
+    table = cat.table("missing_annotations")
+    return table[table["kind"].astype(str) != "numbering artefact"].reset_index(drop=True)
+
+
 def _fasta(cat: Catalog, n: int, *, start: int = 0) -> str:
     seqs = cat.sequences["sequence"]
     return "".join(f">{sid}\n{seq}\n" for sid, seq in zip(seqs.index[start:start + n], seqs.iloc[start:start + n]))
@@ -77,7 +83,12 @@ def test_page_renders(page: str, which: str, request: pytest.FixtureRequest, mon
     assert _titles(at) == [TITLES[page]]
     if page == "discovery":
         tables = [n for n in ("missing_annotations", "unexplained_features", "rediscovery") if not cat.table(n).empty]
-        assert [d.value.shape[0] for d in at.dataframe] == [len(cat.table(n)) for n in tables]
+        expected = [len(_shown_missing(cat)) if n == "missing_annotations" else len(cat.table(n)) for n in tables]
+        if "sequence_findings" in cat.tables:  # one row per target, then every row in an expander
+            seq = cat.table("sequence_findings")
+            expected += [seq["target"].nunique(), len(seq)]
+            tables.append("sequence_findings")
+        assert [d.value.shape[0] for d in at.dataframe] == expected
         assert len(at.download_button) == len(tables)
     elif page == "atlas":
         (chart,) = at.get("vega_lite_chart")
@@ -92,7 +103,7 @@ def test_page_renders(page: str, which: str, request: pytest.FixtureRequest, mon
 
 
 def test_discovery_filters_change_the_table(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = Catalog.open(tiny_catalog).table("missing_annotations")
+    table = _shown_missing(Catalog.open(tiny_catalog))
     at = _open(monkeypatch, tiny_catalog, "discovery")
     assert at.dataframe[0].value.shape[0] == len(table)
 
@@ -131,7 +142,7 @@ def test_discovery_downloads_the_filtered_rows_as_csv(tiny_catalog: Path, monkey
         return original(label, data, *args, **kwargs)
 
     monkeypatch.setattr(st, "download_button", spy)
-    table = Catalog.open(tiny_catalog).table("missing_annotations")
+    table = _shown_missing(Catalog.open(tiny_catalog))
     at = _open(monkeypatch, tiny_catalog, "discovery")
     assert set(sent) == {"missing_annotations.csv", "rediscovery.csv"}
     assert at.download_button[0].label == f"Download {len(table)} rows (CSV)"
@@ -147,7 +158,7 @@ def test_discovery_downloads_the_filtered_rows_as_csv(tiny_catalog: Path, monkey
 
 
 def test_discovery_opens_a_feature(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = Catalog.open(tiny_catalog).table("missing_annotations")
+    table = _shown_missing(Catalog.open(tiny_catalog))
     at = _open(monkeypatch, tiny_catalog, "discovery")
     listed = at.selectbox(key="missing_pick")
     features = list(pd.unique(table["feature"].astype(str)))

@@ -89,7 +89,10 @@ def test_enrichment_q_values_and_permutation_null() -> None:
     res = associate(feats, labels, ids, np.repeat(np.arange(n_seq), length), n_permutations=19)
     pairs = res.pairs.set_index("feature")
     assert pairs.loc["f00000", "q_value"] < 1e-10 and pairs.loc["f00001", "q_value"] > 0.01
-    assert res.best.loc[0, "best_feature"] == "f00000" and res.best.loc[0, "null_p"] == pytest.approx(1 / 20)
+    best = res.best.loc[0]
+    assert best["best_feature"] == "f00000" and best["null_p_empirical"] == pytest.approx(1 / 20)
+    # Every permutation lies far below the planted F1: the fitted tail gives a p-value that can pass a correction.
+    assert best["null_p"] < 1e-3 and best["null_q"] < 1e-3 and best["null_z"] > 5
 
 
 def test_guards() -> None:

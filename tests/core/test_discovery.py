@@ -9,7 +9,8 @@ import scipy.sparse as sp
 
 from workbench.associate import Association, FeatureMatrix
 from workbench.concepts import labels_from_spans
-from workbench.discovery import _window_base_rate, missing_annotations, rediscovery, unexplained_features
+from workbench.discovery import missing_annotations, rediscovery, unexplained_features
+from workbench.discovery._rediscovery import _window_base_rate
 from workbench.errors import InputError, WorkbenchError
 
 PAIR_COLUMNS = ["feature", "concept", "threshold", "val_f1", "test_f1", "test_precision", "test_recall",
@@ -94,6 +95,34 @@ def test_missing_annotations_options() -> None:
         missing_annotations(FeatureMatrix(feats.values, feats.max_activation, ["a", "b", "c"]), labels, assoc, obs)
     with pytest.raises(WorkbenchError, match="different stores"):
         missing_annotations(feats, labels, assoc, obs.iloc[:-1])
+
+
+def test_numbering_artefacts_rank_last_and_stratified_pairs_first() -> None:
+    """Sequence A (16 residues) is numbered at 3-5 and 7-14 (IMGT-like group ``num``; 1-2, 6 and 15-16 are not);
+    concept X sits at 4-5. f0 fires unlabelled at 1 (before the numbering), 6 (a gap), 8 (inside), 14 (the last
+    numbered residue) and 16 (after it); f1 at 11 (inside). Only 8 and 11 are candidates, the rest artefacts."""
+    obs = _obs(["A"], 16)
+    spans = [{"sequence_id": "A", "start": p, "end": p, "concept": f"num={p}"} for p in (3, 4, 5, *range(7, 15))]
+    spans.append({"sequence_id": "A", "start": 4, "end": 5, "concept": "X"})
+    labels = labels_from_spans(obs, pd.DataFrame(spans))
+    dense = np.zeros((16, 2))
+    dense[[3, 4, 0, 5, 7, 13, 15], 0] = [1.0, 1.0, 0.9, 0.8, 0.3, 0.7, 0.6]
+    dense[[3, 4, 10], 1] = [1.0, 1.0, 0.2]
+    assoc = _association([_pair("f00000", "X", threshold=0.0, f1=0.8, precision=0.75, q=1e-3),
+                          _pair("f00001", "X", threshold=0.0, f1=0.7, precision=0.75, q=1e-3)])
+    plain = missing_annotations(_matrix(dense), labels, assoc, obs)
+    assert set(plain["kind"]) <= {"silent", "boundary"}  # without the numbering group, nothing is set aside
+    table = missing_annotations(_matrix(dense), labels, assoc, obs, position_group="num")
+    kinds = dict(zip(table["start"], table["kind"]))
+    assert kinds == {8: "silent", 11: "silent", 1: "numbering artefact", 6: "numbering artefact",
+                     14: "numbering artefact", 16: "numbering artefact"}
+    assert table["start"].tolist()[:2] == [8, 11]  # ranked first although the artefacts score higher
+    # A stratified association puts pairs that survive the strata first within a kind, whatever their score.
+    pairs = assoc.pairs.assign(stratified=["explained", "survives"], or_mh=[1.0, 9.0], q_cmh=[0.5, 1e-4])
+    ranked = missing_annotations(_matrix(dense), labels, Association(pairs, pd.DataFrame()), obs, position_group="num")
+    top = ranked.iloc[0]
+    assert (top["start"], top["feature"], top["stratified"], top["or_mh"]) == (11, "f00001", "survives", 9.0)
+    assert ranked.iloc[1]["start"] == 8 and ranked.iloc[1]["stratified"] == "explained"
 
 
 # ------------------------------------------------------------------------------------------ unexplained features

@@ -74,6 +74,68 @@ def test_annotate_writes_a_complete_catalog(setup: dict[str, Any], tmp_path: Pat
     assert catalog.provenance["annotate_config"]["n_permutations"] == 3
 
 
+def test_annotate_findings_survive_their_controls(setup: dict[str, Any], tmp_path: Path) -> None:
+    """Stratified association, verdicts, concept findings, artefacts, strata shares, control rediscovery and
+    held-out sequence-level findings are standard outputs, consistent with each other."""
+    import workbench
+    from workbench._pipeline import AnnotateConfig
+
+    cfg = AnnotateConfig(n_permutations=3, n_causal=0, probe_cv=3, n_bootstrap=200, finding_groups=("v_family",),
+                         finding_measures=(), finding_covariates=("chain_type",))
+    seqs = setup["store"].sequences
+    lengths = seqs["n_tokens"]
+    long_chain = pd.DataFrame({"long": (lengths > lengths.median()).to_numpy()},
+                              index=seqs["sequence_id"].astype(str).to_numpy())
+    catalog = _annotate(setup, tmp_path / "cat", config=cfg, finding_targets=long_chain)
+    s, tables = catalog.summary, catalog.tables
+    assert s["strata"] == "imgt x residue x chain_type" and s["n_strata"] > 100
+    pairs = catalog.table("association")
+    assert set(pairs["stratified"]) <= {"survives", "explained", "not testable", "not significant"}
+    # IMGT positions and residue identity are functions of the strata: never testable, whatever the feature.
+    positional = pairs["concept"].str.startswith(("imgt=", "aa=", "region="))
+    assert (pairs.loc[positional, "stratified"] == "not testable").all()
+    assert pairs.loc[positional, "p_cmh"].isna().all()
+    findings = catalog.table("concept_findings")
+    assert len(findings) == s["n_concepts"] and set(findings["finding"]) <= {
+        "finding", "control as good", "explained by strata", "not testable", "not captured"}
+    assert s["concepts_captured_beyond_sae"] == int((findings["beyond_f1_sae"] > 0.5).sum())
+    assert s["concepts_testable"] == int((findings["stratified"] != "not testable").sum())
+    verdicts = catalog.table("verdicts")
+    best = catalog.table("best_sae").set_index("concept")
+    v = verdicts.set_index("concept")
+    assert (v["f1_sae"] - best.loc[v.index, "test_f1"]).abs().max() < 1e-6  # the verdict compares the same F1s
+    assert {"diff_neurons_low", "diff_random_high", "beats_random", "verdict"} <= set(verdicts.columns)
+    assert best["null_p"].notna().all() and (best["null_p_empirical"] >= 1 / 4 - 1e-12).all()
+    missing = catalog.table("missing_annotations")
+    assert {"stratified", "or_mh", "q_cmh"} <= set(missing.columns)
+    kinds = missing["kind"].tolist()
+    if "numbering artefact" in kinds:  # artefacts rank after every other kind
+        assert kinds.index("numbering artefact") == len(kinds) - kinds[::-1].count("numbering artefact")
+    unexplained = catalog.table("unexplained_features")
+    assert unexplained["strata_share"].between(0, 1).all()
+    assert unexplained["score_beyond"].is_monotonic_decreasing
+    red = catalog.table("rediscovery")
+    assert {"control_precision_at_k", "evidence"} <= set(red.columns)
+    seq = catalog.table("sequence_findings")
+    assert set(seq["representation"]) == {"sae", "neurons", "random_sae"}
+    assert "long" in set(seq["target"]) and seq["target"].str.startswith(("v_family=", "long")).all()
+    assert seq["status"].str.len().gt(0).all()
+    assert (seq.loc[seq["target"] == "long", "n_test"] > 0).all()
+    # A numeric covariate with missing values is refused before the long stages, naming the column.
+    from workbench.concepts import ConceptLabels
+    from workbench.errors import InputError
+
+    labels = setup["labels"]
+    holed = ConceptLabels(labels.tokens, labels.instances, labels.token_concepts, labels.sequences,
+                          labels.sequence_concepts, labels.scopes, labels.sequence_scopes,
+                          measures=pd.DataFrame({"depth": [float("nan")] + [1.0] * (len(seqs) - 1)}))
+    bad = AnnotateConfig(n_permutations=0, n_causal=0, finding_covariates=("depth",))
+    with pytest.raises(InputError, match="'depth'"):
+        workbench.annotate(setup["store"], setup["root"] / "sae", holed, layer=1, out=tmp_path / "bad", config=bad,
+                           finding_targets=long_chain, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_annotate_refuses_mismatches_and_leaves_nothing(setup: dict[str, Any], tmp_path: Path) -> None:
     import workbench
     from workbench.concepts import ConceptLabels

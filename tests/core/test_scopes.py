@@ -144,8 +144,9 @@ def test_permutation_null_shifts_scopes_with_labels(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(assoc_module, "count_pairs", checked)
     res = associate(feats, labels, ids, token_seq, n_permutations=9, seed=3)
     assert len(calls) == 2 * 5 + 9 * 5  # every split and threshold, then every shift and threshold
-    null_p = res.best["null_p"]
-    assert np.isfinite(null_p).all() and ((null_p >= 0.1) & (null_p <= 1)).all()
+    null_p, empirical = res.best["null_p"], res.best["null_p_empirical"]
+    assert np.isfinite(null_p).all() and ((null_p > 0) & (null_p <= 1)).all()
+    assert ((empirical >= 0.1) & (empirical <= 1)).all()  # 9 shifts: the empirical p-value's floor is 1/10
 
 
 # ------------------------------------------------------------------------------------------------- labels

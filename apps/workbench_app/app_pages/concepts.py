@@ -84,12 +84,39 @@ def _controls(cat: Any, concept: str) -> list[dict[str, Any]]:
         hit = best[best["concept"].astype(str) == concept]
         if len(hit):
             r = hit.iloc[0]
-            out.append({"set": names.get(table, table.removeprefix("best_")), "best unit": str(r.get("best_feature")),
-                        "test_f1": r.get("test_f1"), "val_f1": r.get("val_f1"), "threshold": r.get("threshold"),
-                        "q_value": r.get("q_value"), "null_p": r.get("null_p"), "n_labelled": r.get("n_labelled")})
+            row = {"set": names.get(table, table.removeprefix("best_")), "best unit": str(r.get("best_feature")),
+                   "test_f1": r.get("test_f1"), "val_f1": r.get("val_f1"), "threshold": r.get("threshold"),
+                   "q_value": r.get("q_value"), "null_p": r.get("null_p"), "n_labelled": r.get("n_labelled")}
+            row.update({c: r.get(c) for c in _STRATIFIED_COLUMNS if c in best.columns})  # newer catalogs only
+            out.append(row)
         else:
             out.append({"set": names.get(table, table.removeprefix("best_")), "best unit": "no overlap"})
     return out
+
+
+# Columns of the ``best_*`` tables of catalogs built with a stratified association and a calibrated null.
+_STRATIFIED_COLUMNS = ("null_q", "stratified", "or_mh", "q_cmh", "beyond_feature", "beyond_test_f1")
+
+
+def _finding_line(cat: Any, concept: str) -> None:
+    """The concept's finding status beyond position and residue (``concept_findings``, newer catalogs only), with its
+    reason, surviving feature and verdict."""
+    table = cat.table("concept_findings") if "concept_findings" in cat.tables else None
+    hit = None if table is None else table[table["concept"].astype(str) == concept]
+    if hit is None or not len(hit):
+        return
+    raw = hit.iloc[0]
+    row = {k: ("" if views.is_missing(v) else v) for k, v in raw.items()}  # text columns
+    parts = [f"**Beyond position and residue: {views.md_escape(row.get('finding') or '–')}** — "
+             + views.md_escape(row.get("why", ""))]
+    fid = row.get("beyond_feature")
+    if fid:
+        q = views.md_escape(views.fmt_q(raw.get("beyond_q")))
+        parts.append(f"surviving SAE feature {views.md_escape(fid)}: F1 {views.fmt_num(raw.get('beyond_f1_sae'))}, "
+                     f"odds ratio {views.fmt_num(raw.get('beyond_or'))}, q {q}")
+    if row.get("verdict"):
+        parts.append(f"verdict: {views.md_escape(row['verdict'])}")
+    st.markdown(". ".join(parts) + ". (Evidence: the Beyond position page.)")
 
 
 def _current(concepts: dict[str, dict[str, Any]]) -> str:
@@ -183,7 +210,9 @@ def _comparison(cat: Any, concept: str, rows: Any, controls: list[dict[str, Any]
             col.metric(label, f"{r['best unit']} · {float(r['test_f1']):.3f}")
     if controls:
         table = pd.DataFrame(controls)
-        for col in ("q_value", "null_p"):
+        order = ["set", "best unit", "test_f1", "val_f1", "threshold", "q_value", "null_p", "null_q", "stratified"]
+        table = table[[c for c in order if c in table] + [c for c in table if c not in order]]
+        for col in ("q_value", "null_p", "null_q", "q_cmh"):
             if col in table:
                 table[col] = [views.fmt_q(q) for q in table[col]]
         st.dataframe(table, hide_index=True, width="stretch",
@@ -192,7 +221,20 @@ def _comparison(cat: Any, concept: str, rows: Any, controls: list[dict[str, Any]
                                     "q_value": st.column_config.TextColumn("q"),
                                     "null_p": st.column_config.TextColumn(
                                         "permutation p",
-                                        help="Empirical p of the best validation F1 against labels shifted along the tokens")})
+                                        help="p of the best validation F1 against labels shifted along the tokens "
+                                             "(newer catalogs: from a Gumbel fit to the permutation maxima)"),
+                                    "null_q": st.column_config.TextColumn(
+                                        "permutation q", help="BH q-value of the permutation p over the concepts"),
+                                    "stratified": st.column_config.TextColumn(
+                                        "stratified", help="The best unit's pair tested within position x residue x "
+                                        "chain strata: survives / explained / not testable / not significant"),
+                                    "or_mh": st.column_config.NumberColumn(
+                                        "odds ratio (MH)", format="%.2f",
+                                        help="Mantel-Haenszel odds ratio within the strata"),
+                                    "q_cmh": st.column_config.TextColumn("q (CMH)"),
+                                    "beyond_feature": st.column_config.TextColumn(
+                                        "best surviving unit", help="Best unit whose pair survives the stratification"),
+                                    "beyond_test_f1": st.column_config.NumberColumn("F1 beyond", format="%.3f")})
     if len(rows):
         shown = rows.head(int(st.session_state.get(W_LIMIT, 20)))
         bars = alt.Chart(shown[["feature", "test_f1"]]).mark_bar(color="#d62728").encode(
@@ -213,7 +255,7 @@ def _comparison(cat: Any, concept: str, rows: Any, controls: list[dict[str, Any]
 
 
 _TABLE_COLUMNS = ["feature", "description", "test_f1", "test_precision", "test_recall", "test_domain_recall", "threshold",
-                  "q_value", "val_f1", "tp", "n_active", "n_labelled", "family"]
+                  "q_value", "stratified", "or_mh", "q_cmh", "val_f1", "tp", "n_active", "n_labelled", "family"]
 
 
 def _best_features(rows: Any) -> None:
@@ -224,12 +266,15 @@ def _best_features(rows: Any) -> None:
         return
     n_sig = int((rows["q_value"] <= 0.05).sum()) if "q_value" in rows else 0
     n_cap = int((rows["test_f1"] > 0.5).sum())
+    n_surv = (f"; {int((rows['stratified'] == 'survives').sum()):,} survive the stratification by position and residue"
+              if "stratified" in rows else "")
     st.caption(f"{len(rows):,} features overlap the concept; {n_sig:,} are significant (q <= 0.05) and {n_cap:,} reach test "
-               f"F1 > 0.5. Showing the best {min(limit, len(rows))}.")
+               f"F1 > 0.5{n_surv}. Showing the best {min(limit, len(rows))}.")
     cols = [c for c in _TABLE_COLUMNS if c in rows.columns]
     shown = rows.head(limit)[cols].copy()
-    if "q_value" in shown:
-        shown["q_value"] = [views.fmt_q(q) for q in shown["q_value"]]
+    for col in ("q_value", "q_cmh"):
+        if col in shown:
+            shown[col] = [views.fmt_q(q) for q in shown[col]]
     st.dataframe(shown, hide_index=True, width="stretch", key="_cx_table",
                  column_config={
                      "description": st.column_config.TextColumn(width="large"),
@@ -239,6 +284,9 @@ def _best_features(rows: Any) -> None:
                      "test_domain_recall": st.column_config.NumberColumn("domain recall", format="%.3f"),
                      "threshold": st.column_config.NumberColumn(format="%.2f"),
                      "q_value": st.column_config.TextColumn("q"),
+                     "stratified": st.column_config.TextColumn("stratified"),
+                     "or_mh": st.column_config.NumberColumn("odds ratio (MH)", format="%.2f"),
+                     "q_cmh": st.column_config.TextColumn("q (CMH)"),
                      "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
                  })
     st.caption("F1 = precision x domain-level recall on the test half of the sequences; recall is token-level. Each "
@@ -284,6 +332,7 @@ def main() -> None:
         return
     concept = _pickers(concepts, _current(concepts))
     st.header(concept)
+    _finding_line(cat, concept)
     rows = _rows(cat, concept) if "association" in cat.tables else None
     if rows is None:
         st.warning("This catalog has no association table.")

@@ -1,8 +1,10 @@
-"""Discovery: candidate missing annotations, unexplained features, and the rediscovery test that backs them.
+"""Discovery: candidate missing annotations, unexplained features, the rediscovery test that backs them, and
+sequence-level findings.
 
-Three tabs over the catalog's discovery tables (``missing_annotations``, ``unexplained_features``,
-``rediscovery``), each with filters and a CSV download of the filtered rows. A feature is opened in the feature
-browser by selecting a table row, or by picking it from the list under the table.
+Four tabs over the catalog's discovery tables (``missing_annotations``, ``unexplained_features``, ``rediscovery``,
+``sequence_findings``), each with a CSV download of its rows. Numbering artefacts among the candidate missing
+annotations are hidden unless asked for. A feature is opened in the feature browser by selecting a table row, or by
+picking it from the list under the table. Tables or columns an older catalog lacks are left out.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import streamlit as st
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog
 
-KIND_ORDER = ["silent", "conflict", "boundary"]
+ARTEFACT = "numbering artefact"
+KIND_ORDER = ["silent", "conflict", "boundary", ARTEFACT]
 KIND_HELP = {
     "silent": "the database has no label of the concept's group there: a candidate missing annotation proper",
     "conflict": "the database labels the span with another concept of the same group: a disagreement",
     "boundary": "the span touches a labelled instance of the concept: a boundary disagreement",
+    ARTEFACT: "the span touches the first or last numbered residue: an edge of the numbering, not a discovery "
+              "(hidden unless asked for)",
 }
+REPRESENTATIONS = {"sae": "SAE", "neurons": "neurons", "random_sae": "random-weight SAE"}
 
 
 def _table(cat: Any, name: str) -> pd.DataFrame | None:
@@ -90,15 +96,27 @@ def missing_tab(cat: Any) -> None:
         "fires. **score** = the feature's normalised activation in the span × its test precision for the concept. "
         "**kind**: " + "; ".join(f"*{k}*: {v}" for k, v in KIND_HELP.items()) + "."
     )
+    if "stratified" in table.columns:
+        st.caption("**stratified**: the feature-concept pair tested within position x residue x chain strata "
+                   "(*survives*: the feature still marks the concept beyond position and residue); **odds ratio "
+                   "(MH)** and **q (CMH)**: that test's Mantel-Haenszel odds ratio and q-value.")
     if table.empty:
         st.info("No candidate missing annotations: no reliable feature fires on an unlabelled span.")
         return
+    artefact = (table["kind"].astype(str) == ARTEFACT).to_numpy()
+    if artefact.any() and not st.checkbox(f"Show numbering artefacts ({int(artefact.sum()):,})", value=False,
+                                          key="missing_artefacts", help=KIND_HELP[ARTEFACT]):
+        table = table.loc[~artefact].reset_index(drop=True)
+    hidden = f" ({int(artefact.sum()):,} numbering artefacts hidden)" if len(table) < len(artefact) else ""
     frame = table.copy()
     frame["group"] = frame["concept"].map(_group)
     c1, c2, c3, c4 = st.columns([2, 2, 2, 3])
     groups = sorted(frame["group"].unique())
     kinds = [k for k in KIND_ORDER if k in set(frame["kind"].astype(str))] + sorted(
         set(frame["kind"].astype(str)) - set(KIND_ORDER))
+    for key, valid in (("missing_groups", groups), ("missing_kinds", kinds)):  # options change with the artefacts
+        if key in st.session_state:
+            st.session_state[key] = [v for v in st.session_state[key] if v in valid]
     chosen_groups = c1.multiselect("Concept group", groups, key="missing_groups", placeholder="all groups")
     chosen_kinds = c2.multiselect("Kind", kinds, key="missing_kinds", placeholder="all kinds")
     top = float(frame["score"].max()) if len(frame) else 1.0
@@ -112,13 +130,14 @@ def missing_tab(cat: Any) -> None:
     if text.strip():
         mask &= _contains(frame, ["concept", "feature"], text.strip())
     filtered = table.loc[mask.to_numpy()].reset_index(drop=True)
-    st.markdown(f"**{len(filtered):,}** of {len(table):,} candidate spans")
+    st.markdown(f"**{len(filtered):,}** of {len(table):,} candidate spans{hidden}")
     view = filtered.copy()
     view.insert(view.columns.get_loc("start"), "span", [f"{a}-{b}" if a != b else f"{a}" for a, b in
                                                         zip(view["start"], view["end"])])
     view = view.rename(columns={"sequence_id": "sequence"}).drop(columns=["start", "end"])
     order = ["rank", "concept", "feature", "sequence", "span", "kind", "database_label", "score", "residues",
-             "max_activation", "feature_precision", "feature_test_f1", "q_value", "adjacent", "n_tokens"]
+             "max_activation", "feature_precision", "feature_test_f1", "q_value", "stratified", "or_mh", "q_cmh",
+             "adjacent", "n_tokens"]
     view = view[[c for c in order if c in view.columns] + [c for c in view.columns if c not in order]]
     picked = _show_table(view, key="missing", column_config={
         "score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0, format="%.3f"),
@@ -128,6 +147,10 @@ def missing_tab(cat: Any) -> None:
         "feature_test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
         "q_value": st.column_config.NumberColumn("q", format="%.1e"),
         "database_label": st.column_config.TextColumn("database says", help="the database's label of the same group"),
+        "stratified": st.column_config.TextColumn("stratified",
+                                                  help="the pair tested within position x residue x chain"),
+        "or_mh": st.column_config.NumberColumn("odds ratio (MH)", format="%.2f"),
+        "q_cmh": st.column_config.NumberColumn("q (CMH)", format="%.1e"),
     })
     _table_actions(cat, filtered, picked, name="missing_annotations", key="missing")
 
@@ -154,6 +177,10 @@ def unexplained_tab(cat: Any) -> None:
         "strongest sequence). The residue composition, position profile and motif enrichment of their strongest "
         "tokens are clues for naming them."
     )
+    if "strata_share" in table.columns:
+        st.caption("**strata share**: the share of the feature's activation variance that position x residue x chain "
+                   "explain (near 1: a lookup of position and residue); **score beyond** = score x (1 - strata "
+                   "share), which ranks them.")
     if table.empty:
         st.info("No unexplained features: every active, consistent feature matches a labelled concept.")
         return
@@ -168,11 +195,14 @@ def unexplained_tab(cat: Any) -> None:
         mask &= _contains(table, ["feature", "best_concept", "top_residues", "profile", "motif"], text.strip())
     filtered = table.loc[mask.to_numpy()].reset_index(drop=True)
     st.markdown(f"**{len(filtered):,}** of {len(table):,} unexplained features")
-    order = ["rank", "feature", "score", "top_residues", "profile", "motif", "top_sequences", "n_sequences",
-             "density", "consistency", "mass", "n_active", "best_concept", "best_f1", "best_q"]
+    order = ["rank", "feature", "score", "score_beyond", "strata_share", "top_residues", "profile", "motif",
+             "top_sequences", "n_sequences", "density", "consistency", "mass", "n_active", "best_concept", "best_f1",
+             "best_q"]
     view = filtered[[c for c in order if c in filtered.columns] + [c for c in filtered.columns if c not in order]]
     picked = _show_table(view, key="unexplained", column_config={
         "score": st.column_config.NumberColumn("score", format="%.1f"),
+        "score_beyond": st.column_config.NumberColumn("score beyond", format="%.1f"),
+        "strata_share": st.column_config.ProgressColumn("strata share", min_value=0.0, max_value=1.0, format="%.2f"),
         "top_residues": st.column_config.TextColumn("residues"),
         "density": st.column_config.NumberColumn("density", format="%.2e"),
         "consistency": st.column_config.NumberColumn("consistency", format="%.2f"),
@@ -198,8 +228,17 @@ def rediscovery_tab(cat: Any) -> None:
         f"ranked. **precision@{k}**: share of the top {k} candidates that hit a withheld instance; **base rate**: "
         f"the share expected for spans of the same length placed at random where the concept is not labelled; "
         f"**lift** = precision / base rate."
+        + (" **control**: the same test on an SAE of a random-weight model; **evidence**: the SAE's precision "
+           "beats the control's by at least 0.1 (with lift > 1): what a random model finds as well is not evidence "
+           "of what the model learned." if "evidence" in table.columns else "")
     )
     found = table.dropna(subset=["precision_at_k"])
+    if "evidence" in table.columns:
+        c5, c6 = st.columns(2)
+        control = table["control_precision_at_k"].dropna()
+        c5.metric("Evidence (SAE beats the control)", f"{int(table['evidence'].fillna(False).astype(bool).sum())} / "
+                  f"{len(table):,}", help="concepts whose precision@k beats the random control's by at least 0.1")
+        c6.metric(f"Mean control precision@{k}", f"{control.mean():.2f}" if len(control) else "–")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Concepts tested", f"{len(table):,}", help=f"{len(found):,} of them had candidates")
     c2.metric(f"Mean precision@{k}", f"{found['precision_at_k'].mean():.2f}" if len(found) else "–")
@@ -226,6 +265,11 @@ def rediscovery_tab(cat: Any) -> None:
         "withheld_found": st.column_config.ProgressColumn("withheld found", min_value=0.0, max_value=1.0,
                                                           format="%.2f",
                                                           help="share of withheld instances hit by any candidate"),
+        "control_feature": st.column_config.TextColumn("control feature", help="random-weight SAE's feature"),
+        "control_precision_at_k": st.column_config.ProgressColumn(f"control precision@{k}", min_value=0.0,
+                                                                  max_value=1.0, format="%.2f"),
+        "control_lift": st.column_config.NumberColumn("control lift", format="%.1f"),
+        "evidence": st.column_config.CheckboxColumn("evidence", help="the SAE beats the random control by 0.1"),
     })
     if picked:
         views.open_feature(picked)
@@ -233,15 +277,81 @@ def rediscovery_tab(cat: Any) -> None:
     _open_picker(cat, table, key="rediscovery")
 
 
+# ------------------------------------------------------------------------------------------------ sequence level
+
+
+def _side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per target: its status, each representation's held-out adjusted score (AUROC for binary targets,
+    partial correlation for numeric ones), the covariates' own score and the SAE's best feature."""
+    reps = [r for r in REPRESENTATIONS if r in set(table["representation"])]
+    reps += sorted(set(table["representation"]) - set(reps))
+    rows = []
+    for target, g in table.groupby("target", sort=False):
+        by = g.drop_duplicates("representation").set_index("representation")
+        ref = by.loc["sae"] if "sae" in by.index else by.iloc[0]
+        binary = str(ref["kind"]) == "binary"
+        row = {"target": str(target), "kind": str(ref["kind"]), "status": str(ref["status"]),
+               "measure": "AUROC" if binary else "partial r", "n_test": ref["n_test"],
+               "n_positive_test": ref["n_positive_test"]}
+        for rep in reps:
+            row[rep] = (by.at[rep, "test_auroc_adjusted" if binary else "test_rho_adjusted"] if rep in by.index
+                        else float("nan"))
+        row["covariates"] = ref["covariates_auroc"] if binary else ref["covariates_r2"]
+        row["feature"] = "" if views.is_missing(ref["best_feature"]) else str(ref["best_feature"])
+        row["q"] = ref["test_q_adjusted"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sequence_tab(cat: Any) -> None:
+    table = _table(cat, "sequence_findings")
+    if table is None or table.empty:
+        st.info("This catalog has no sequence-level findings (`sequence_findings`: built without sequence-level "
+                "targets, or by an older workbench).")
+        return
+    table = table.astype({"target": str, "representation": str, "status": str, "kind": str})
+    st.caption(
+        "Sequence-level targets (for example origin, clinical status, isotype, SHM count): for each representation "
+        "the single mean-pooled feature most associated with the target on the training sequences, after control for "
+        "the covariates, judged on the held-out sequences. **AUROC** (binary targets) and **partial r** (numeric) are "
+        "held-out and adjusted for the covariates; **covariates**: what the covariates alone reach on the held-out "
+        "sequences (AUROC, or R²); **q**: the SAE feature's held-out BH q-value.")
+    side = _side_by_side(table)
+    ok = side["status"] == "ok"
+    c1, c2 = st.columns(2)
+    c1.metric("Targets tested", f"{int(ok.sum())} / {len(side)}", help="the others are not testable (see status)")
+    c2.metric("SAE feature significant held-out", f"{int((side.loc[ok, 'q'] <= 0.05).sum())}",
+              help="targets whose SAE feature has held-out adjusted q <= 0.05")
+    config: dict[str, Any] = {rep: st.column_config.NumberColumn(label, format="%.3f")
+                              for rep, label in REPRESENTATIONS.items()}
+    config.update({
+        "n_test": st.column_config.NumberColumn("test sequences"),
+        "n_positive_test": st.column_config.NumberColumn("positives (test)", format="%d"),
+        "covariates": st.column_config.NumberColumn("covariates alone", format="%.3f"),
+        "feature": st.column_config.TextColumn("best SAE feature"),
+        "q": st.column_config.NumberColumn("q (SAE)", format="%.1e"),
+    })
+    picked = _show_table(side, key="sequence", column_config=config)
+    if picked and views.resolve_feature(cat, picked):
+        views.open_feature(picked)
+    with st.expander(f"All {len(table):,} rows (target x representation)"):
+        st.dataframe(table, hide_index=True, width="stretch", key="sequence_all")
+    views.csv_download(table, name="sequence_findings", key="sequence")
+    _open_picker(cat, side[side["feature"] != ""], key="sequence")
+
+
 # ------------------------------------------------------------------------------------------------ page
 
 catalog = get_catalog()
 st.title("Discovery")
 st.caption("What the features suggest the databases miss, and how well the method rediscovers what is known.")
-missing, unexplained, redisc = st.tabs(["Candidate missing annotations", "Unexplained features", "Rediscovery"])
+missing, unexplained, redisc, sequence = st.tabs(["Candidate missing annotations", "Unexplained features",
+                                                   "Rediscovery", "Sequence-level findings"])
 with missing:
     missing_tab(catalog)
 with unexplained:
     unexplained_tab(catalog)
 with redisc:
     rediscovery_tab(catalog)
+with sequence:
+    sequence_tab(catalog)

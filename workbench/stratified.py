@@ -1,0 +1,319 @@
+"""Association controlled for the trivial explanations: Cochran-Mantel-Haenszel over strata, vectorised over pairs.
+
+A feature that marks ``shm=mutated`` may only be marking "serine at IMGT 31 of a heavy chain", a place where
+mutations are common. The plain association (:mod:`workbench.associate`) cannot tell the two apart; a stratified one
+can. Every token gets a stratum (for antibodies: IMGT position x residue identity x chain type, see
+:func:`token_strata`), and each (feature, concept) pair is tested within strata: is the feature active on the
+concept's tokens more often than on the other tokens *of the same stratum*?
+
+For a pair with ``a_k`` active-and-labelled tokens in stratum ``k`` (``m_k`` active, ``l_k`` labelled, ``n_k``
+tokens), the Cochran-Mantel-Haenszel statistic compares ``sum a_k`` with its expectation under conditional
+independence ``E = sum m_k l_k / n_k`` and variance ``V = sum m_k (n_k - m_k) l_k (n_k - l_k) / (n_k^2 (n_k - 1))``
+(one-sided: ``z = (sum a_k - E) / sqrt(V)``, ``p = P(Z >= z)``), and the Mantel-Haenszel common odds ratio is
+``sum a_k d_k / n_k / sum b_k c_k / n_k``. Neither needs the ``features x concepts x strata`` tensor:
+
+* ``E`` and ``V`` are products of a ``features x strata`` and a sparse ``strata x concepts`` matrix;
+* the odds-ratio sums expand into ``sum a_k``, ``E`` and three sums over strata where ``a_k > 0``, which come from
+  one sparse product of the active matrix with a ``tokens x (concept, stratum)`` membership matrix.
+
+A concept that does not vary inside any stratum (residue identity when the strata hold the residue; an IMGT
+position or a region when they hold the position) has ``V = 0`` for every feature: the stratified test cannot test
+it, and says so (``testable`` False) instead of reporting a zero. :func:`strata_share` gives the per-feature share
+of activation variance that the strata explain (the correlation ratio), the same control for features that match
+no concept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from workbench.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from workbench.concepts import ConceptLabels
+
+__all__ = ["Strata", "token_strata", "mantel_haenszel", "pair_columns", "best_columns", "strata_share", "STRATIFIED_OR",
+           "STRATIFIED_Q"]
+
+STRATIFIED_OR = 2.0
+"""Mantel-Haenszel odds ratio a pair needs (beside ``q_cmh <= STRATIFIED_Q``) to survive the stratification."""
+STRATIFIED_Q = 0.05
+"""BH q-value bar of the stratified test."""
+DENSE_FRACTION = 0.05
+"""Feature matrices denser than this are counted with dense products (as in :mod:`workbench.associate`)."""
+
+
+class Strata(NamedTuple):
+    """One stratum per token."""
+
+    codes: np.ndarray
+    """``(n_tokens,)`` int64 stratum index."""
+    names: list[str]
+    """Stratum names (``"104|C|H"``), indexed by ``codes``."""
+    description: str
+    """What the strata are made of, e.g. ``"imgt x residue x chain_type"``."""
+
+
+def _group_values(labels: ConceptLabels, group: str, level: str) -> np.ndarray | None:
+    """Per row (token or sequence), the value of concept group ``group`` ('-' where unlabelled); None if absent."""
+    table, matrix = ((labels.token_concepts, labels.tokens) if level == "token"
+                     else (labels.sequence_concepts, labels.sequences))
+    names = table["concept"].astype(str).tolist()
+    cols = [j for j, c in enumerate(names) if c.startswith(group + "=")]
+    if not cols:
+        return None
+    sub = matrix[:, cols].tocsr()
+    out = np.full(sub.shape[0], "-", dtype=object)
+    has = np.diff(sub.indptr) > 0
+    first = sub.indices[sub.indptr[:-1][has]]  # a row with two values of the group keeps the first
+    out[has] = np.asarray([names[cols[j]].split("=", 1)[1] for j in range(len(cols))], dtype=object)[first]
+    return out
+
+
+def token_strata(labels: ConceptLabels, obs: pd.DataFrame, *, groups: Sequence[str] = ("imgt",),
+                 columns: Sequence[str] = ("residue",), sequence_groups: Sequence[str] = ("chain_type",)) -> Strata:
+    """Strata from token concept groups (a numbering), ``obs`` columns (the residue) and sequence concept groups
+    (the chain type), crossed. Parts that the labels or ``obs`` lack are left out (the description names what was
+    used); with no part at all, every token is one stratum."""
+    import pandas as pd
+
+    if len(obs) != labels.n_tokens:
+        raise InputError(f"obs has {len(obs)} rows for {labels.n_tokens} labelled tokens")
+    parts: dict[str, Any] = {}
+    for g in groups:
+        values = _group_values(labels, g, "token")
+        if values is not None:
+            parts[g] = values
+    for c in columns:
+        if c in obs.columns:
+            parts[c] = obs[c].astype(str).to_numpy()
+    if sequence_groups:
+        seq = pd.factorize(obs["sequence_id"].astype(str), sort=False)[0] if "sequence_id" in obs.columns else None
+        n_seq = labels.sequences.shape[0]
+        if seq is not None and (len(seq) == 0 or seq.max() < n_seq):
+            for g in sequence_groups:
+                values = _group_values(labels, g, "sequence")
+                if values is not None:
+                    parts[g] = values[seq]
+    if not parts:
+        return Strata(np.zeros(labels.n_tokens, dtype=np.int64), ["all"], "none (one stratum)")
+    frame = pd.DataFrame(parts)
+    key = frame.astype(str).agg("|".join, axis=1) if frame.shape[1] > 1 else frame.iloc[:, 0].astype(str)
+    codes, names = pd.factorize(key, sort=True)
+    return Strata(codes.astype(np.int64), [str(n) for n in names], " x ".join(parts))
+
+
+def _onehot(codes: np.ndarray, n: int) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), codes)), shape=(len(codes), n))
+
+
+def mantel_haenszel(values: sp.csr_matrix, labels: sp.csr_matrix, strata: np.ndarray, thresholds: Sequence[float],
+                    chosen: np.ndarray, *, scopes: np.ndarray | None = None,
+                    scope_index: np.ndarray | None = None, wanted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Stratified test of every (feature, concept) pair at the pair's chosen threshold.
+
+    ``values`` is ``tokens x features`` (normalised activations), ``labels`` ``tokens x concepts`` boolean,
+    ``strata`` the stratum of every token, ``chosen`` (features x concepts) the index into ``thresholds`` of each
+    pair's threshold (a feature is active where ``value > threshold``). A scoped concept (``scopes``, ``scope_index``
+    as in :func:`~workbench.associate.count_pairs`) is tested on the tokens of its scope only. ``wanted`` (features x
+    concepts boolean) limits the work to those pairs (the others are left at 0 / NaN).
+
+    Returns features x concepts arrays: ``observed`` (``sum a_k``), ``expected``, ``variance``, ``odds_ratio``
+    (Mantel-Haenszel; inf when only concordant strata exist, NaN when the pair has no informative stratum), ``z``
+    and ``p_value`` (one-sided, enrichment; NaN where the variance is 0), and per concept ``testable`` (the concept
+    varies inside at least one stratum of its scope).
+    """
+    import scipy.sparse as sp
+    from scipy.stats import norm
+
+    strata = np.asarray(strata, dtype=np.int64)
+    n_tokens, n_feat = values.shape
+    n_con = labels.shape[1]
+    if len(strata) != n_tokens or labels.shape[0] != n_tokens:
+        raise InputError(f"strata ({len(strata)}), labels ({labels.shape[0]}) and features ({n_tokens}) cover different tokens")
+    if chosen.shape != (n_feat, n_con):
+        raise InputError(f"chosen thresholds have shape {chosen.shape}, want {(n_feat, n_con)}")
+    index = np.full(n_con, -1, dtype=np.int64) if scope_index is None else np.asarray(scope_index, dtype=np.int64)
+    if scopes is None:
+        index = np.full(n_con, -1, dtype=np.int64)
+    values = sp.csr_matrix(values)
+    labels = sp.csr_matrix(labels, dtype=np.float32)
+    # One combined stratum per (scope, stratum): a scoped concept's strata hold only the tokens of its scope, and
+    # every scope is counted in the same products (a token sits in the all-tokens group and in each scope it is in).
+    groups, group_of = np.unique(index, return_inverse=True)
+    k_total = int(strata.max(initial=-1)) + 1
+    rows_g, cols_g = [], []
+    for g, scope in enumerate(groups):
+        rows = np.arange(n_tokens) if scope < 0 else np.flatnonzero(scopes[:, scope])
+        rows_g.append(rows)
+        cols_g.append(g * k_total + strata[rows])
+    combined, col_of = np.unique(np.concatenate(cols_g), return_inverse=True)
+    onehot = sp.csr_matrix((np.ones(len(col_of), dtype=np.float32), (np.concatenate(rows_g), col_of)),
+                           shape=(n_tokens, len(combined)))
+    n_k = np.asarray(onehot.sum(0), dtype=np.float64).ravel()
+    lookup = {int(c): i for i, c in enumerate(combined)}  # combined key -> column
+    # The (concept, combined stratum) cell of every labelled token: the membership matrix's columns.
+    lr, lc = labels.nonzero()
+    key = group_of[lc] * k_total + strata[lr]
+    keys, key_inv = np.unique(key, return_inverse=True)
+    col_cell = np.array([lookup[int(k)] for k in keys], dtype=np.int64)[key_inv]  # combined column of each entry
+    cell_key = lc.astype(np.int64) * len(combined) + col_cell
+    cells, cell_of = np.unique(cell_key, return_inverse=True)
+    cell_concept, cell_stratum = cells // len(combined), cells % len(combined)
+    member = sp.csr_matrix((np.ones(len(lr), dtype=np.float32), (lr, cell_of)), shape=(n_tokens, len(cells)))
+    cell_lab = np.bincount(cell_of, minlength=len(cells)).astype(np.float64)
+    v_cell = cell_lab * (n_k[cell_stratum] - cell_lab)
+    testable = np.bincount(cell_concept, weights=v_cell, minlength=n_con) > 0
+    w = np.where(n_k > 1, 1.0 / (n_k**2 * np.maximum(n_k - 1, 1)), 0.0)
+    shape_cs = (n_con, len(combined))
+    v_mat = sp.csr_matrix((v_cell * w[cell_stratum], (cell_concept, cell_stratum)), shape=shape_cs)
+    e_mat = sp.csr_matrix((cell_lab / n_k[cell_stratum], (cell_concept, cell_stratum)), shape=shape_cs)
+
+    out = {k: np.zeros((n_feat, n_con)) for k in ("observed", "expected", "variance", "r_sum", "s_sum")}
+    want = np.ones((n_feat, n_con), dtype=bool) if wanted is None else np.asarray(wanted, dtype=bool)
+    # Dense feature sets (neurons fire on about half the tokens) are counted with dense products.
+    dense = values.toarray() if values.nnz > DENSE_FRACTION * max(n_tokens * n_feat, 1) else None
+    for t_i in np.unique(chosen[want]):
+        pick = (chosen == t_i) & want
+        if dense is not None:
+            act_d = (dense > thresholds[int(t_i)]).astype(np.float32)
+            n_act = np.asarray(onehot.T @ act_d).T  # features x combined strata
+            per_cell = np.asarray(member.T @ act_d)  # cells x features: a_k
+            cell, f = np.nonzero(per_cell)
+            a_k = per_cell[cell, f].astype(np.float64)
+        else:
+            feats = np.flatnonzero(pick.any(1))
+            part = values if len(feats) > 0.8 * n_feat else values[:, feats]
+            act = sp.csr_matrix(part > thresholds[int(t_i)], dtype=np.float32)
+            if part is not values:  # back to all feature columns, zero outside ``feats``
+                act = sp.csr_matrix((act.data, feats[act.indices], act.indptr), shape=(n_tokens, n_feat))
+            n_act = sp.csr_matrix(act.T @ onehot)  # features x combined strata, sparse (a feature fires in few)
+            n_act.sort_indices()
+            a = (act.T @ member).tocoo()  # features x cells: a_k
+            f, cell, a_k = a.row, a.col, a.data.astype(np.float64)
+        k, c = cell_stratum[cell], cell_concept[cell]
+        if dense is not None:
+            u = n_act * (n_k[None, :].astype(np.float32) - n_act)
+            expected = np.asarray(e_mat @ n_act.T).T  # features x concepts
+            variance = np.asarray(v_mat @ u.T).T
+            m_k = n_act[f, k].astype(np.float64)
+        else:
+            u = n_act.copy()
+            u.data = n_act.data * (n_k[n_act.indices] - n_act.data)
+            expected = (e_mat @ n_act.T).toarray().T
+            variance = (v_mat @ u.T).toarray().T
+            m_k = n_act.toarray()[f, k].astype(np.float64)  # float32 counts, looked up densely
+        l_k, nn = cell_lab[cell], n_k[k]
+        r_part = a_k * (nn - m_k - l_k + a_k) / nn
+        s_part = (a_k * a_k - a_k * m_k - a_k * l_k) / nn
+        shape = (n_feat, n_con)
+        for name, arr in (("observed", sp.csr_matrix((a_k, (f, c)), shape=shape).toarray()),
+                          ("expected", expected), ("variance", variance),
+                          ("r_sum", sp.csr_matrix((r_part, (f, c)), shape=shape).toarray()),
+                          ("s_sum", expected + sp.csr_matrix((s_part, (f, c)), shape=shape).toarray())):
+            out[name][pick] = arr[pick]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r, s = out["r_sum"], np.maximum(out["s_sum"], 0.0)
+        odds = np.where(s > 1e-12, r / np.where(s > 1e-12, s, 1.0), np.where(r > 1e-12, np.inf, np.nan))
+        var = out["variance"]
+        z = np.where(var > 0, (out["observed"] - out["expected"]) / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+    p = np.full(z.shape, np.nan)
+    ok = np.isfinite(z)
+    p[ok] = norm.sf(z[ok])
+    return {"observed": out["observed"], "expected": out["expected"], "variance": var, "odds_ratio": odds, "z": z,
+            "p_value": p, "testable": testable}
+
+
+def strata_share(values: sp.csr_matrix, strata: np.ndarray) -> np.ndarray:
+    """Per feature, the share of its activation variance over tokens that the strata explain (the correlation
+    ratio eta squared: between-strata sum of squares / total sum of squares; NaN for a feature that never fires).
+    Near 1: the feature is a lookup of the stratum (a position-and-residue detector); near 0: it varies within
+    strata."""
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(values, dtype=np.float64)
+    strata = np.asarray(strata, dtype=np.int64)
+    if len(strata) != x.shape[0]:
+        raise InputError(f"strata cover {len(strata)} tokens, the features {x.shape[0]}")
+    n = x.shape[0]
+    codes = np.unique(strata, return_inverse=True)[1]
+    n_k = np.bincount(codes).astype(np.float64)
+    sums = (x.T @ _onehot(codes, len(n_k)).astype(np.float64)).toarray()  # features x strata
+    total = np.asarray(x.sum(0)).ravel()
+    sq = np.asarray(x.multiply(x).sum(0)).ravel()
+    mean_term = total**2 / max(n, 1)
+    between = (sums**2 / n_k[None, :]).sum(1) - mean_term
+    within_total = sq - mean_term
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(within_total > 1e-12, np.clip(between / within_total, 0.0, 1.0), np.nan)
+
+
+def pair_columns(values: sp.csr_matrix, labels: sp.csr_matrix, strata: np.ndarray, thresholds: Sequence[float],
+                 chosen: np.ndarray, keep: np.ndarray, plain_q: np.ndarray, *, scopes: np.ndarray | None = None,
+                 scope_index: np.ndarray | None = None) -> pd.DataFrame:
+    """The stratified columns of :attr:`~workbench.associate.Association.pairs` for the pairs ``keep`` (features x
+    concepts, in the same row-major order), from :func:`mantel_haenszel`; ``plain_q`` the plain q-values.
+
+    Columns: ``expected_tp`` (active-and-labelled tokens expected from the strata alone), ``or_mh``, ``z_cmh``,
+    ``p_cmh``, ``q_cmh`` (BH over the testable pairs), ``stratified`` (``survives``: ``q_cmh <= STRATIFIED_Q`` and
+    ``or_mh >= STRATIFIED_OR``; ``explained``: significant plainly (``q_value <= STRATIFIED_Q``) but not once
+    stratified, including a feature constant inside every stratum where the concept varies (``p_cmh`` 1);
+    ``not testable``: the concept does not vary inside any stratum of its scope; ``not significant``: neither) and ``explained_by_position`` (``stratified == "explained"``)."""
+    import pandas as pd
+    from scipy.stats import false_discovery_control
+
+    res = mantel_haenszel(values, labels, strata, thresholds, chosen, scopes=scopes, scope_index=scope_index,
+                          wanted=keep)
+    # A feature constant inside every stratum where a testable concept varies carries nothing beyond the strata:
+    # p = 1 (explained), not "not testable", which is kept for concepts that the strata determine.
+    p_all = np.where(np.isnan(res["p_value"]) & res["testable"][None, :], 1.0, res["p_value"])
+    p = p_all[keep]
+    testable = np.isfinite(p)
+    q = np.full(p.shape, np.nan)
+    if testable.any():
+        q[testable] = false_discovery_control(p[testable], method="bh")
+    odds = res["odds_ratio"][keep]
+    survives = testable & (q <= STRATIFIED_Q) & (odds >= STRATIFIED_OR)
+    plain = plain_q[keep] <= STRATIFIED_Q
+    status = np.where(~testable, "not testable", np.where(survives, "survives",
+                                                          np.where(plain, "explained", "not significant")))
+    return pd.DataFrame({
+        "expected_tp": res["expected"][keep], "or_mh": odds, "z_cmh": res["z"][keep], "p_cmh": p, "q_cmh": q,
+        "stratified": status.astype(object), "explained_by_position": status == "explained",
+    })
+
+
+def best_columns(pairs: pd.DataFrame, best: pd.DataFrame, *, captured_f1: float = 0.5) -> pd.DataFrame:
+    """Per concept of ``best`` (rows in its order): the stratified figures of its best feature and the best surviving
+    feature.
+
+    Columns: ``stratified`` (of the best feature's pair; ``not testable`` for a concept constant inside every
+    stratum), ``or_mh``, ``q_cmh`` (of that pair), ``beyond_feature`` (the feature with the best validation F1 among
+    the concept's pairs that survive the stratification; '' if none), ``beyond_test_f1``, ``beyond_or``,
+    ``beyond_q`` and ``captured_beyond`` (``beyond_test_f1 > captured_f1``: captured beyond the strata)."""
+    import pandas as pd
+
+    key = pairs.set_index(["concept", "feature"])
+    index = pd.MultiIndex.from_arrays([best["concept"].astype(str), best["best_feature"].astype(str)])
+    mine = key.reindex(index)
+    status = mine["stratified"].fillna("not testable").to_numpy(dtype=object)
+    concept_testable = pairs.groupby("concept")["stratified"].agg(lambda s: bool((s != "not testable").any()))
+    status = np.where(best["concept"].map(concept_testable).fillna(False).to_numpy(dtype=bool), status, "not testable")
+    surv = pairs[pairs["stratified"] == "survives"].sort_values(["concept", "val_f1", "test_f1", "feature"],
+                                                                 ascending=[True, False, False, True], kind="stable")
+    top = surv.drop_duplicates("concept").set_index("concept").reindex(best["concept"].astype(str))
+    beyond_f1 = top["test_f1"].fillna(0.0).to_numpy(dtype=float)
+    return pd.DataFrame({
+        "stratified": status, "or_mh": mine["or_mh"].to_numpy(dtype=float), "q_cmh": mine["q_cmh"].to_numpy(dtype=float),
+        "beyond_feature": top["feature"].fillna("").to_numpy(dtype=object),
+        "beyond_test_f1": beyond_f1, "beyond_or": top["or_mh"].to_numpy(dtype=float),
+        "beyond_q": top["q_cmh"].to_numpy(dtype=float), "captured_beyond": beyond_f1 > captured_f1,
+    })
