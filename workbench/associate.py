@@ -170,77 +170,120 @@ def count_pairs(active: sp.csr_matrix | np.ndarray, labels: sp.csr_matrix, insta
     import scipy.sparse as sp
 
     c = sp.csr_matrix(labels, dtype=np.float32)
+    spans = None if instances is None else _span_index(instances, c.shape[1])
+    return _count(_prepare_active(active), c, spans, scopes, scope_index)
+
+
+def _prepare_active(active: sp.csr_matrix | np.ndarray) -> dict[str, Any]:
+    """An active matrix ready for repeated counting: dense (float32) for dense feature sets, else CSR (tokens x
+    features) for products ``labels.T @ active`` (CSR by CSR, one output row per concept or span)."""
+    import scipy.sparse as sp
+
     n_tokens, n_feat = active.shape
-    dense = isinstance(active, np.ndarray) or active.nnz > DENSE_FRACTION * max(n_tokens * n_feat, 1)
-    if dense:
+    if isinstance(active, np.ndarray) or active.nnz > DENSE_FRACTION * max(n_tokens * n_feat, 1):
         a = np.asarray(active.toarray() if sp.issparse(active) else active, dtype=np.float32)
-        tp = np.asarray(c.T @ a).T
-        n_active = a.sum(0)
-    else:
-        a = sp.csr_matrix(active, dtype=np.float32)
-        tp = np.asarray((a.T @ c).todense())
-        n_active = np.asarray(a.sum(0)).ravel()
-    out = {"tp": tp, "n_active": n_active, "n_labelled": np.asarray(c.sum(0)).ravel()}
-    if scopes is not None:
-        out["n_active_scoped"] = _scoped_active(a, n_active, scopes, scope_index, c.shape[1])
-    if instances is None:
-        return out
-    inst = sp.csc_matrix(instances)
-    inst.eliminate_zeros()
-    n_con = c.shape[1]
-    hit = tp.astype(np.float64, copy=True)
-    n_inst = np.zeros(n_con, dtype=np.int64)
-    rows_all, ids_all = [], []
-    n_spans = 0
-    span_concept = []
-    for j in range(n_con):
-        rows = inst.indices[inst.indptr[j] : inst.indptr[j + 1]]
-        ids = inst.data[inst.indptr[j] : inst.indptr[j + 1]]
-        if len(rows) == 0:
-            continue
-        uniq, local = np.unique(ids, return_inverse=True)
-        n_inst[j] = len(uniq)
-        if len(uniq) == len(rows):  # one-residue instances: domain recall equals residue recall
-            continue
-        rows_all.append(rows)
-        ids_all.append(local + n_spans)
-        span_concept.append(np.full(len(uniq), j))
-        n_spans += len(uniq)
+        return {"dense": a, "n_active": a.sum(0), "shape": a.shape}
+    a = sp.csr_matrix(active, dtype=np.float32)
+    return {"csr": a, "n_active": np.asarray(a.sum(0)).ravel(), "shape": (n_tokens, n_feat)}
+
+
+def _span_index(instances: sp.spmatrix, n_con: int) -> dict[str, Any]:
+    """Spans of every concept with more than one token, as a ``tokens x spans`` membership matrix and a ``spans x
+    concepts`` map, and the number of instances of every concept (one-token spans need no index: for them a hit
+    span is a true positive)."""
+    import scipy.sparse as sp
+
+    inst = sp.coo_matrix(instances)
+    keep = inst.data > 0
+    rows, cols, ids = inst.row[keep].astype(np.int64), inst.col[keep].astype(np.int64), inst.data[keep].astype(np.int64)
+    base = int(ids.max(initial=0)) + 1
+    spans, span_of = np.unique(cols * base + ids, return_inverse=True)
+    span_col = spans // base
+    n_inst = np.bincount(span_col, minlength=n_con).astype(np.int64)
+    multi = np.unique(span_col[np.bincount(span_of, minlength=len(spans)) > 1])
+    in_multi = np.isin(span_col, multi)
+    new_id = np.cumsum(in_multi) - 1
+    entry = in_multi[span_of]
+    n_spans = int(in_multi.sum())
+    member = sp.csr_matrix((np.ones(int(entry.sum()), dtype=np.float32), (rows[entry], new_id[span_of[entry]])),
+                           shape=(inst.shape[0], n_spans))
+    to_concept = sp.csr_matrix((np.ones(n_spans, dtype=np.float32), (np.arange(n_spans), span_col[in_multi])),
+                               shape=(n_spans, n_con))
+    return {"member": member, "to_concept": to_concept, "multi": multi, "n_instances": n_inst}
+
+
+def _label_side(c: sp.csr_matrix, spans: dict[str, Any] | None, scopes: Any = None) -> dict[str, Any]:
+    """Labels, span membership and scope masks side by side (``tokens x (concepts + spans + scopes)``), so that one
+    product with a dense active matrix counts true positives, spans hit and active tokens in scope together (sparse
+    active matrices use the blocks one by one)."""
+    import scipy.sparse as sp
+
+    blocks = [c]
+    n_spans = 0 if spans is None or not len(spans["multi"]) else spans["member"].shape[1]
     if n_spans:
-        # tokens x spans membership; per feature, active tokens in each span; spans hit, summed per concept.
-        member = sp.csr_matrix(
-            (np.ones(sum(len(r) for r in rows_all), dtype=np.float32), (np.concatenate(rows_all), np.concatenate(ids_all))),
-            shape=(n_tokens, n_spans),
-        )
-        concept_of = np.concatenate(span_concept)
-        to_concept = sp.csr_matrix((np.ones(n_spans, dtype=np.float32), (np.arange(n_spans), concept_of)), shape=(n_spans, n_con))
-        if dense:
-            per_span = np.asarray(member.T @ a)  # spans x features
-            hits = np.asarray(to_concept.T @ (per_span > 0).astype(np.float32)).T
-        else:
-            per_span = sp.csr_matrix(a.T @ member)  # features x spans
+        blocks.append(spans["member"])
+    n_scopes = 0
+    if scopes is not None:
+        blocks.append(sp.csr_matrix(scopes, dtype=np.float32))
+        n_scopes = scopes.shape[1]
+    rhs = sp.csr_matrix(sp.hstack(blocks, format="csr")) if len(blocks) > 1 else c
+    return {"rhs": rhs, "c_t": sp.csr_matrix(c.T), "member_t": sp.csr_matrix(spans["member"].T) if n_spans else None,
+            "to_concept_t": sp.csr_matrix(spans["to_concept"].T) if n_spans else None,
+            "scopes_t": sp.csr_matrix(blocks[-1].T) if n_scopes else None, "n_con": c.shape[1], "n_spans": n_spans,
+            "n_scopes": n_scopes, "spans": spans, "scopes": scopes, "n_labelled": np.asarray(c.sum(0)).ravel()}
+
+
+def _count(a: dict[str, Any], c: sp.csr_matrix | dict[str, Any], spans: dict[str, Any] | None = None, scopes: Any = None,
+           scope_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """:func:`count_pairs` on a prepared active matrix (:func:`_prepare_active`) and labels (a matrix with its span
+    index, or a prepared :func:`_label_side`)."""
+    import scipy.sparse as sp
+
+    side = c if isinstance(c, dict) else _label_side(c, spans, scopes)
+    n_con, n_spans, n_scopes = side["n_con"], side["n_spans"], side["n_scopes"]
+    if side["scopes"] is not None and a["shape"][0] != side["scopes"].shape[0]:
+        raise WorkbenchError(f"scopes of shape {side['scopes'].shape} do not fit {a['shape'][0]} tokens")
+    dense = a.get("dense")
+    if dense is not None:
+        prod = np.asarray(side["rhs"].T @ dense).T  # features x (concepts + spans + scopes)
+        tp = prod[:, :n_con]
+        per_span = prod[:, n_con : n_con + n_spans] > 0
+        per_scope = prod[:, n_con + n_spans :]
+    else:  # CSR products with one output row per concept / span / scope (far fewer rows than features)
+        tp = (side["c_t"] @ a["csr"]).toarray().T
+        per_span = None
+        if n_spans:
+            per_span = sp.csr_matrix(side["member_t"] @ a["csr"])  # spans x features
             per_span.data[:] = 1.0
-            hits = np.asarray((per_span @ to_concept).todense())
-        multi = np.unique(concept_of)
-        hit[:, multi] = hits[:, multi]
+        per_scope = (side["scopes_t"] @ a["csr"]).toarray().T if n_scopes else None
+    n_active = a["n_active"]
+    out = {"tp": tp, "n_active": n_active, "n_labelled": side["n_labelled"]}
+    if n_scopes:
+        out["n_active_scoped"] = _scoped_active(per_scope, n_active, scope_index, n_con, n_scopes)
+    spans = side["spans"]
+    if spans is None:
+        return out
+    hit = tp.astype(np.float64, copy=True)
+    if n_spans:
+        if dense is not None:
+            hits = np.asarray(per_span.astype(np.float32) @ spans["to_concept"])
+        else:
+            hits = (side["to_concept_t"] @ per_span).toarray().T  # concepts x features, transposed
+        hit[:, spans["multi"]] = hits[:, spans["multi"]]
     out["hit_instances"] = hit
-    out["n_instances"] = n_inst
+    out["n_instances"] = spans["n_instances"]
     return out
 
 
-def _scoped_active(a: sp.csr_matrix | np.ndarray, n_active: np.ndarray, scopes: sp.spmatrix | np.ndarray,
-                   scope_index: np.ndarray | None, n_concepts: int) -> np.ndarray:
-    """Active tokens of each feature inside each concept's scope (features x concepts), from ``active.T @ scopes``."""
-    import scipy.sparse as sp
-
+def _scoped_active(per_scope: np.ndarray, n_active: np.ndarray, scope_index: np.ndarray | None, n_concepts: int,
+                   n_scopes: int) -> np.ndarray:
+    """Active tokens of each feature inside each concept's scope (features x concepts), from the per-scope counts
+    ``active.T @ scopes`` (features x n_scopes)."""
     index = np.full(n_concepts, -1, dtype=np.int64) if scope_index is None else np.asarray(scope_index, dtype=np.int64)
     if index.shape != (n_concepts,):
         raise WorkbenchError(f"scope_index has {index.size} entries for {n_concepts} concepts")
-    if scopes.shape[0] != a.shape[0] or (len(index) and index.max(initial=-1) >= scopes.shape[1]):
-        raise WorkbenchError(f"scopes of shape {scopes.shape} do not fit {a.shape[0]} tokens and the scope index")
-    s = sp.csr_matrix(scopes, dtype=np.float32) if sp.issparse(scopes) else np.asarray(scopes, dtype=np.float32)
-    per_scope = a.T @ s  # features x n_scopes
-    per_scope = per_scope.toarray() if sp.issparse(per_scope) else np.asarray(per_scope)
+    if len(index) and index.max(initial=-1) >= n_scopes:
+        raise WorkbenchError(f"{n_scopes} scopes do not fit the scope index")
     scoped = np.broadcast_to(np.asarray(n_active, dtype=per_scope.dtype)[:, None], (len(n_active), n_concepts)).copy()
     has = np.flatnonzero(index >= 0)
     scoped[:, has] = per_scope[:, index[has]]
@@ -335,12 +378,11 @@ def associate(
         masks = masks.astype(np.float32)  # once, for the products of count_pairs
     counts: dict[str, list[dict[str, np.ndarray]]] = {"val": [], "test": []}
     for name, rows in parts.items():
-        v, lb, ins = _maybe_dense(values[rows]), lab[rows], inst[rows]
+        v, lb = _maybe_dense(values[rows]), lab[rows].astype(np.float32)
         sc = None if masks is None else masks[rows]
+        side = _label_side(lb, _span_index(inst[rows], lb.shape[1]), sc)  # once per split, for every threshold
         for t in thresholds:
-            active = v > t
-            counts[name].append(count_pairs(active, lb, ins, sc, scope_index) if sc is not None
-                                else count_pairs(active, lb, ins))
+            counts[name].append(_count(_prepare_active(v > t), side, scope_index=scope_index))
     active_key = "n_active" if masks is None else "n_active_scoped"
     # F1 per split and threshold: (n_thresholds, features, concepts)
     f1 = {}
@@ -446,6 +488,8 @@ def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndar
 
     Scope masks (``scopes``, tokens x n_scopes) shift together with the labels, so shifted labels stay inside their
     shifted scope and a scoped concept's precision keeps counting only the tokens where it is defined."""
+    import scipy.sparse as sp
+
     if n_permutations <= 0:
         return null_pvalues(observed, np.zeros((0, len(observed))))
     rng = np.random.default_rng(seed)
@@ -453,19 +497,16 @@ def _permutation_null(values: Any, lab: Any, inst: Any, parts: dict[str, np.ndar
     maxima = np.zeros((n_permutations, len(observed)))
     rows = parts["val"]
     v = _maybe_dense(values[rows])
-    actives = [v > t for t in thresholds]
+    actives = [_prepare_active(v > t) for t in thresholds]  # fixed across permutations: prepared once
     for i in range(n_permutations):
         shift = int(rng.integers(1, n))
         order = (np.arange(n) - shift) % n
-        lb, ins = lab[order][rows], inst[order][rows]
+        lb = sp.csr_matrix(lab[order][rows], dtype=np.float32)
         sc = None if scopes is None else scopes[order[rows]]
+        side = _label_side(lb, _span_index(inst[order][rows], lb.shape[1]), sc)  # once per shift
         for active in actives:
-            if sc is None:
-                c = count_pairs(active, lb, ins)
-                n_act = c["n_active"]
-            else:
-                c = count_pairs(active, lb, ins, sc, scope_index)
-                n_act = c["n_active_scoped"]
+            c = _count(active, side, scope_index=scope_index)
+            n_act = c["n_active"] if sc is None else c["n_active_scoped"]
             f1 = _f1(c["tp"], n_act, c["n_labelled"], c["hit_instances"], c["n_instances"])[3]
             maxima[i] = np.maximum(maxima[i], f1.max(0) if f1.size else 0.0)
     return null_pvalues(observed, maxima)

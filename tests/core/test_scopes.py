@@ -130,20 +130,21 @@ def test_permutation_null_shifts_scopes_with_labels(monkeypatch: pytest.MonkeyPa
     """Every count of the null sees shifted labels inside their (equally shifted) scope."""
     feats, labels, ids, token_seq, _ = scoped_case()
     calls = []
-    original = assoc_module.count_pairs
+    original = assoc_module._label_side
+    _, scope_index = labels.scope_matrix("token")
 
-    def checked(active, lab, inst=None, scopes=None, scope_index=None):  # type: ignore[no-untyped-def]
+    def checked(lab, spans=None, scopes=None):  # type: ignore[no-untyped-def]
         if scopes is not None:
-            lab = sp.csc_matrix(lab)
+            csc = sp.csc_matrix(lab)
             for j in np.flatnonzero(scope_index >= 0):
-                rows = lab.indices[lab.indptr[j] : lab.indptr[j + 1]]
+                rows = csc.indices[csc.indptr[j] : csc.indptr[j + 1]]
                 assert np.asarray(scopes)[rows, scope_index[j]].all()
             calls.append(1)
-        return original(active, lab, inst, scopes, scope_index)
+        return original(lab, spans, scopes)
 
-    monkeypatch.setattr(assoc_module, "count_pairs", checked)
+    monkeypatch.setattr(assoc_module, "_label_side", checked)
     res = associate(feats, labels, ids, token_seq, n_permutations=9, seed=3)
-    assert len(calls) == 2 * 5 + 9 * 5  # every split and threshold, then every shift and threshold
+    assert len(calls) == 2 + 9  # the labels of both splits, then of every shift (each serves all thresholds)
     null_p, empirical = res.best["null_p"], res.best["null_p_empirical"]
     assert np.isfinite(null_p).all() and ((null_p > 0) & (null_p <= 1)).all()
     assert ((empirical >= 0.1) & (empirical <= 1)).all()  # 9 shifts: the empirical p-value's floor is 1/10
