@@ -4,7 +4,7 @@ Every page runs through the real app (``app.py`` and its ``st.navigation``) on r
 (tiny ESM-2 on 40 OAS heavy chains) and ``demo_catalog`` (AntiBERTy on Thera-SAbDab antibodies).
 
 Chart and table *selections* are browser events that AppTest cannot produce through its public API, so
-:func:`_send_selection` appends the selection's widget state (the JSON string the frontend would send) to the
+:func:`tests.apps.apptest.send_selection` appends the selection's widget state (the JSON string the frontend would send) to the
 widget states of the next run, through AppTest's private ``_tree`` / ``_run``.
 """
 
@@ -25,6 +25,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from apps.workbench_app import _live  # noqa: E402
 from apps.workbench_app._state import ENV  # noqa: E402
+from tests.apps.apptest import chart_rows, send_selection  # noqa: E402
 from workbench.catalog import Catalog  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app.py"
@@ -44,20 +45,6 @@ def _titles(at: AppTest) -> list[str]:
     return [t.value for t in at.title]
 
 
-def _send_selection(at: AppTest, element: Any, selection: dict[str, Any]) -> AppTest:
-    """Rerun as if the browser had reported ``selection`` for a chart or dataframe with selections on."""
-    states = at._tree.get_widget_states()
-    state = states.widgets.add()
-    state.id = element.proto.id
-    state.string_value = json.dumps({"selection": selection})
-    return at._run(states)
-
-
-def _chart_rows(chart: Any) -> pd.DataFrame:
-    import pyarrow as pa
-
-    (dataset,) = chart.proto.datasets
-    return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
 
 
 def _shown_missing(cat: Catalog) -> pd.DataFrame:
@@ -93,7 +80,7 @@ def test_page_renders(page: str, which: str, request: pytest.FixtureRequest, mon
     elif page == "atlas":
         (chart,) = at.get("vega_lite_chart")
         live = np.isfinite(cat.umap).all(axis=1)
-        rows = _chart_rows(chart)
+        rows = chart_rows(chart)
         assert len(rows) == int(live.sum()) and set(rows["feature"]) == set(cat.features.index[live])
     else:
         assert [b.label for b in at.button] == ["Encode"] and len(at.text_area) == 1 and not at.error
@@ -171,7 +158,7 @@ def test_discovery_opens_a_feature(tiny_catalog: Path, monkeypatch: pytest.Monke
 
     # selecting a table row opens that row's feature
     at = _open(monkeypatch, tiny_catalog, "discovery")
-    _send_selection(at, at.dataframe[0], {"rows": [3], "columns": [], "cells": []})
+    send_selection(at, at.dataframe[0], {"rows": [3], "columns": [], "cells": []})
     assert not at.exception and at.session_state["feature"] == str(table["feature"].iloc[3])
     assert "Discovery" not in _titles(at)
 
@@ -185,7 +172,7 @@ def test_atlas_colouring_and_filter(tiny_catalog: Path, monkeypatch: pytest.Monk
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     assert spec["encoding"]["color"]["field"] == "group"
     assert {p["name"] for p in spec["params"]} >= {"pick"}
-    rows = _chart_rows(at.get("vega_lite_chart")[0]).set_index("feature")
+    rows = chart_rows(at.get("vega_lite_chart")[0]).set_index("feature")
     top = cat.features["top_concept"].astype(object)
     expected = top.map(lambda t: "unexplained" if pd.isna(t) else str(t).split("=")[0])
     assert (rows["group"] == expected.reindex(rows.index)).all()
@@ -193,29 +180,29 @@ def test_atlas_colouring_and_filter(tiny_catalog: Path, monkeypatch: pytest.Monk
     at.radio(key="atlas_colour").set_value("Family").run()
     chart = at.get("vega_lite_chart")[0]
     assert json.loads(chart.proto.spec)["encoding"]["color"]["field"] == "family"
-    rows = _chart_rows(chart).set_index("feature")
+    rows = chart_rows(chart).set_index("feature")
     assert (rows["family"] == cat.features["family"].astype(str).reindex(rows.index)).all()
 
     concept = str(top.dropna().value_counts().index[0])
     at.text_input(key="atlas_text").input(concept).run()
-    shown = _chart_rows(at.get("vega_lite_chart")[0])
+    shown = chart_rows(at.get("vega_lite_chart")[0])
     assert 0 < len(shown) < len(rows) and shown["top_concept"].str.contains(concept, regex=False).any()
 
 
 def test_atlas_click_opens_the_feature(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open(monkeypatch, tiny_catalog, "atlas")
-    _send_selection(at, at.get("vega_lite_chart")[0], {"pick": [{"feature": "f00005"}]})
+    send_selection(at, at.get("vega_lite_chart")[0], {"pick": [{"feature": "f00005"}]})
     assert not at.exception and at.session_state["feature"] == "f00005"
     assert "Feature atlas" not in _titles(at)
 
     # with opening on click turned off, the selection is shown and a button opens it
     at = _open(monkeypatch, tiny_catalog, "atlas")
     at.toggle(key="atlas_open_on_click").set_value(False).run()
-    _send_selection(at, at.get("vega_lite_chart")[0], {"pick": [{"feature": "f00007"}]})
+    send_selection(at, at.get("vega_lite_chart")[0], {"pick": [{"feature": "f00007"}]})
     assert not at.exception and _titles(at) == ["Feature atlas"] and at.session_state["feature"] == "f00007"
     assert "f00007" in at.success[0].value
     at.button(key="atlas_open").click()  # the browser keeps reporting the chart's selection with the click
-    _send_selection(at, at.get("vega_lite_chart")[0], {"pick": [{"feature": "f00007"}]})
+    send_selection(at, at.get("vega_lite_chart")[0], {"pick": [{"feature": "f00007"}]})
     assert not at.exception and "Feature atlas" not in _titles(at)
 
 

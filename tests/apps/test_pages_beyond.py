@@ -4,14 +4,13 @@ columns, and the Discovery page's sequence-level findings, numbering artefacts, 
 Every page runs through the real app (``app.py`` and its ``st.navigation``) on real catalogs built by the current
 pipeline: ``demo_catalog`` (AntiBERTy on Thera-SAbDab antibodies, with neurons and a random-weight control) and
 ``tiny_catalog`` (tiny ESM-2 on 40 OAS heavy chains, no random control). A copy of the tiny catalog without the new
-tables and columns stands for a catalog written by an older workbench; the imaging catalog has no strata at all.
+tables and columns stands for a catalog written by an older workbench; the imaging catalog is stratified by frame
+position only.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from apps.workbench_app import _views as views  # noqa: E402
 from apps.workbench_app._state import ENV  # noqa: E402
+from tests.apps.apptest import chart_rows, send_selection  # noqa: E402
 from workbench.catalog import Catalog  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app.py"
@@ -58,20 +58,6 @@ def _frame(at: AppTest, column: str) -> pd.DataFrame:
     return next(d.value for d in at.dataframe if column in d.value.columns)
 
 
-def _chart_rows(chart: Any) -> pd.DataFrame:
-    import pyarrow as pa
-
-    (dataset,) = chart.proto.datasets
-    return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
-
-
-def _send_selection(at: AppTest, element: Any, selection: dict[str, Any]) -> AppTest:
-    """Rerun as if the browser had reported ``selection`` for a dataframe with selections on (see test_pages_b)."""
-    states = at._tree.get_widget_states()
-    state = states.widgets.add()
-    state.id = element.proto.id
-    state.string_value = json.dumps({"selection": selection})
-    return at._run(states)
 
 
 def _findings(cat: Catalog) -> pd.DataFrame:
@@ -179,14 +165,14 @@ def test_beyond_shows_the_evidence_of_a_concept(demo_catalog: Path, monkeypatch:
     assert metrics["Odds ratio (MH)"] == views.fmt_num(row["beyond_or"])
     assert metrics["q (CMH)"] == views.fmt_q(row["beyond_q"])
     # the chart puts each representation's plain and beyond F1 side by side
-    bars = _chart_rows(at.get("vega_lite_chart")[0]).set_index(["representation", "measure"])["F1"]
+    bars = chart_rows(at.get("vega_lite_chart")[0]).set_index(["representation", "measure"])["F1"]
     for rep, label in (("sae", "SAE features"), ("neurons", "neurons"), ("random", "random-weight control")):
         assert bars[(label, "plain test F1")] == pytest.approx(row[f"f1_{rep}"])
         assert bars[(label, "beyond position and residue")] == pytest.approx(row[f"beyond_f1_{rep}"])
 
     # selecting a table row shows that concept; its SAE feature opens in the feature browser
     other = str(at.dataframe[0].value["concept"].iloc[1])
-    _send_selection(at, at.dataframe[0], {"rows": [1], "columns": [], "cells": []})
+    send_selection(at, at.dataframe[0], {"rows": [1], "columns": [], "cells": []})
     _ok(at)
     assert at.header[0].value == other and at.selectbox(key="_bp_concept").value == other
     fid = str(verdicts.loc[other, "feature_sae"])

@@ -16,11 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.associate import Association
 
-_SPAN_COLUMNS = [
-    "rank", "concept", "feature", "sequence_id", "start", "end", "n_tokens", "score", "max_activation",
-    "feature_precision", "feature_test_f1", "q_value", "adjacent", "in_scope",
-]
-
 
 # ------------------------------------------------------------------------------------------------------ helpers
 

@@ -19,17 +19,12 @@ import streamlit as st
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog
 from workbench.errors import WorkbenchError
+from workbench.findings import FINDING_STATUSES
 
 # Representations of ``concept_findings`` (column suffix, label), the SAE first.
 REPS = (("sae", "SAE features"), ("neurons", "neurons"), ("random", "random-weight control"))
-STATUS_ORDER = ["finding", "control as good", "explained by strata", "not testable", "not captured"]
-STATUS_HELP = {
-    "finding": "captured beyond the strata and better than every control",
-    "control as good": "captured beyond the strata, but a control does as well",
-    "explained by strata": "captured plainly, but no feature survives the stratification",
-    "not testable": "the concept does not vary inside any stratum (it is a function of them)",
-    "not captured": "no feature reaches the capture bar",
-}
+STATUS_ORDER = list(FINDING_STATUSES)  # "finding" first, then why a concept is not one
+STATUS_HELP = dict(FINDING_STATUSES)
 DEFAULT_STATUSES = ["finding", "control as good"]
 CONCEPTS_PAGE = "app_pages/concepts.py"
 
