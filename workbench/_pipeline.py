@@ -575,6 +575,13 @@ def _summary(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
                                       if "or_mh" in shown.columns else "") + ")"
             for r in shown.head(3).itertuples()
         ]
+        if "stratified" in missing.columns:  # for reference, clearly marked: the strongest that did not survive
+            trivial = missing[(missing["kind"] != "numbering artefact") & (missing["stratified"] != "survives")]
+            out["top_missing_annotations_trivial"] = [
+                f"{r.concept} in {r.sequence_id}:{r.start}-{r.end} ({r.kind}; {r.feature}, score {r.score:.2f}; "
+                f"{'not testable within position and residue' if r.stratified == 'not testable' else 'explained by position and residue'})"
+                for r in trivial.head(3).itertuples()
+            ]
         out["missing_annotation_artefacts"] = int((missing["kind"] == "numbering artefact").sum())
         out["missing_annotation_candidates"] = int((missing["kind"] != "numbering artefact").sum())
         if "stratified" in missing.columns:

@@ -222,16 +222,13 @@ def _jain_headline(scores: Any) -> dict[str, float]:
     return {rep: round(float(g["score"].mean()), 4) for rep, g in dense.groupby("representation")}
 
 
-BEYOND_MARGIN = 0.1
-"""Test-F1 margin by which the SAE's best feature must beat the best neuron and the random control's best feature."""
-
-
 def biology_capture(catalog: Any) -> dict[str, int]:
-    """Antibody-biology token concepts captured (test F1 > 0.5) by SAE features, neurons and the random control."""
+    """Antibody-biology token concepts captured (test F1 > 0.5) by SAE features, neurons and the random control, and
+    how many of them are findings (``concept_findings``: captured beyond position and residue and better than both
+    controls by the bootstrap)."""
     from workbench.associate import CAPTURED_F1
 
     out: dict[str, int] = {}
-    f1 = {}
     for name in ("sae", "neurons", "random"):
         if f"best_{name}" not in catalog.tables:
             continue
@@ -239,15 +236,10 @@ def biology_capture(catalog: Any) -> dict[str, int]:
         mine = best[best["concept"].astype(str).str.startswith(BIOLOGY_PREFIXES)].set_index("concept")["test_f1"]
         out["n"] = len(mine)
         out[name] = int((mine > CAPTURED_F1).sum())
-        f1[name] = mine
-    if "sae" in f1:
-        # Verdict: captured by an SAE feature that beats the best neuron and the control's best feature by 0.1 F1.
-        sae = f1["sae"]
-        rivals = [f1[n].reindex(sae.index).fillna(0) for n in ("neurons", "random") if n in f1]
-        beyond = sae > CAPTURED_F1
-        for rival in rivals:
-            beyond &= sae >= rival + BEYOND_MARGIN
-        out["beyond_controls"] = int(beyond.sum())
+    if "concept_findings" in catalog.tables:
+        findings = catalog.table("concept_findings")
+        biology = findings["concept"].astype(str).str.startswith(BIOLOGY_PREFIXES)
+        out["findings"] = int((biology & (findings["finding"].astype(str) == "finding")).sum())
     return out
 
 
@@ -266,8 +258,8 @@ def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
     if biology:
         lines.append("antibody-biology concepts (SHM, humanness, liabilities, CDR lengths) captured of "
                      f"{biology['n']}: SAE {biology['sae']}, neurons {biology['neurons']}, random-weight control "
-                     f"{biology['random']}; beyond both controls (SAE F1 >= control + {BEYOND_MARGIN}): "
-                     f"{biology.get('beyond_controls', 'n/a')}")
+                     f"{biology['random']}; findings among them (beyond position and residue and better than both "
+                     f"controls): {biology.get('findings', 'n/a')}")
     if "concepts_captured_beyond_sae" in s:
         lines.append(
             f"concepts captured beyond position and residue (strata {s.get('strata')}; {s.get('concepts_testable')} of "

@@ -4,7 +4,7 @@ Every page runs through the real app (``app.py`` and its ``st.navigation``) on r
 (tiny ESM-2 on 40 OAS heavy chains) and ``demo_catalog`` (AntiBERTy on Thera-SAbDab antibodies).
 
 Chart and table *selections* are browser events that AppTest cannot produce through its public API, so
-:func:`tests.apps.apptest.send_selection` appends the selection's widget state (the JSON string the frontend would send) to the
+:func:`apptest_helpers.send_selection` appends the selection's widget state (the JSON string the frontend would send) to the
 widget states of the next run, through AppTest's private ``_tree`` / ``_run``.
 """
 
@@ -25,7 +25,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from apps.workbench_app import _live  # noqa: E402
 from apps.workbench_app._state import ENV  # noqa: E402
-from tests.apps.apptest import chart_rows, send_selection  # noqa: E402
+from apptest_helpers import chart_rows, send_selection  # noqa: E402  (tests/apps, on the path under pytest)
 from workbench.catalog import Catalog  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app.py"

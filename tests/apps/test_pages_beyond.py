@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from apps.workbench_app import _views as views  # noqa: E402
 from apps.workbench_app._state import ENV  # noqa: E402
-from tests.apps.apptest import chart_rows, send_selection  # noqa: E402
+from apptest_helpers import chart_rows, send_selection  # noqa: E402  (tests/apps, on the path under pytest)
 from workbench.catalog import Catalog  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app.py"

@@ -46,7 +46,7 @@ def test_demo_builds_a_complete_catalog_and_reuses_it(demo_catalog: Path, capsys
     again = run(demo_catalog.parent, progress=False, config=cfg)
     printed = capsys.readouterr().out
     assert again.summary == s and "reusing" in printed and "concepts captured" in printed
-    assert "antibody-biology concepts" in printed and "beyond both controls" in printed
+    assert "antibody-biology concepts" in printed and "findings among them" in printed
     assert "concepts captured beyond position and residue (strata imgt x residue x chain_type" in printed
     assert "sequence-level targets" in printed and "random control" in printed
 

@@ -201,9 +201,18 @@ def _discoveries(cat: Any) -> None:
     s = cat.summary
     st.subheader("Top discoveries")
     shown = False
+    if s.get("top_concept_findings"):
+        _discovery_list("Concepts captured beyond position and residue, better than every control (page Beyond "
+                        "position)", s["top_concept_findings"], "findings")
+        shown = True
     if s.get("top_missing_annotations"):
-        _discovery_list("Candidate missing annotations (feature fires confidently where the database has no label)",
-                        s["top_missing_annotations"], "missing")
+        _discovery_list("Candidate missing annotations (feature fires confidently where the database has no label, "
+                        "beyond position and residue)", s["top_missing_annotations"], "missing")
+        shown = True
+    elif s.get("top_missing_annotations_trivial"):
+        _discovery_list("No candidate missing annotation survives the stratification by position and residue; the "
+                        "strongest candidates, for reference (not discoveries)", s["top_missing_annotations_trivial"],
+                        "missing")
         shown = True
     if s.get("top_unexplained_features"):
         _discovery_list("Unexplained features (consistent, strong, matching no labelled concept)",
