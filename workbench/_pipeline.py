@@ -140,15 +140,10 @@ def _same_tokens(store: ActivationStore, other: ActivationStore) -> None:
 
 def _position_strings(labels: ConceptLabels, group: str, n_seq: int, token_sequence: np.ndarray) -> list[str] | None:
     """Per sequence, the comma-joined value of ``group`` for each residue ('' where unlabelled), or None."""
-    concepts = labels.token_concepts["concept"].tolist()
-    cols = [j for j, c in enumerate(concepts) if c.startswith(group + "=")]
-    if not cols:
+    values = labels.group_values(group, "token")
+    if values is None:
         return None
-    sub = labels.tokens[:, cols].tocsr()
-    values = np.full(sub.shape[0], "", dtype=object)
-    rows, cidx = sub.nonzero()
-    names = np.asarray([concepts[j].split("=", 1)[1] for j in cols], dtype=object)
-    values[rows] = names[cidx]
+    values = np.where(values == None, "", values)  # noqa: E711 - elementwise on an object array
     out: list[list[str]] = [[] for _ in range(n_seq)]
     for s, v in zip(token_sequence.tolist(), values.tolist()):
         out[s].append(v)

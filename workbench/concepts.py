@@ -104,6 +104,30 @@ class ConceptLabels:
             return None
         return masks[:, np.unique(k)].any(1)
 
+    def group_values(self, group: str, level: str = "token", *, single: bool = False,
+                     in_scope: bool = False) -> np.ndarray | None:
+        """Per row (token or sequence), the value of concept group ``group`` (``imgt=104`` -> ``"104"``) as an object
+        array, None where the row carries no concept of the group; None (not an array) when the labels have no
+        such group. A row with two values keeps the first, or None with ``single``; ``in_scope`` also sets None
+        outside the group's scope (:meth:`group_scope`)."""
+        table, matrix = ((self.token_concepts, self.tokens) if level == "token"
+                         else (self.sequence_concepts, self.sequences))
+        names = table["concept"].astype(str).tolist()
+        cols = np.asarray([j for j, c in enumerate(names) if c.startswith(group + "=")], dtype=np.int64)
+        if len(cols) == 0:
+            return None
+        sub = matrix[:, cols].tocsr()
+        count = np.diff(sub.indptr)
+        out = np.full(sub.shape[0], None, dtype=object)
+        has = count == 1 if single else count > 0
+        values = np.asarray([names[j].split("=", 1)[1] for j in cols], dtype=object)
+        out[has] = values[sub.indices[sub.indptr[:-1][has]]]
+        if in_scope:
+            inside = self.group_scope(cols, level)
+            if inside is not None:
+                out[~inside] = None
+        return out
+
     def select(self, min_tokens: int = 1, min_sequences: int = 1) -> ConceptLabels:
         """Keep concepts with at least ``min_tokens`` labelled tokens (token concepts) / ``min_sequences`` sequences."""
         keep_t = np.flatnonzero(self.token_concepts["n_tokens"].to_numpy() >= min_tokens)

@@ -114,22 +114,12 @@ def rediscovery_evidence(sae: pd.DataFrame, control: pd.DataFrame, *, margin: fl
 
 
 def _group_values(labels: ConceptLabels, group: str) -> pd.Series | None:
-    """Per sequence, the value of sequence concept group ``group`` (None where unlabelled or out of scope)."""
+    """Per sequence, the value of sequence concept group ``group``: None where unlabelled, out of scope, or with two
+    values (undecided)."""
     import pandas as pd
 
-    names = labels.sequence_concepts["concept"].astype(str).tolist()
-    cols = [j for j, c in enumerate(names) if c.startswith(group + "=")]
-    if not cols:
-        return None
-    sub = labels.sequences[:, cols].tocsr()
-    out = np.full(sub.shape[0], None, dtype=object)
-    has = np.diff(sub.indptr) == 1  # exactly one value: a sequence with two values of the group stays undecided
-    values = np.asarray([names[j].split("=", 1)[1] for j in cols], dtype=object)
-    out[has] = values[sub.indices[sub.indptr[:-1][has]]]
-    inside = labels.group_scope(np.asarray(cols), "sequence")
-    if inside is not None:
-        out[~inside] = None
-    return pd.Series(out)
+    values = labels.group_values(group, "sequence", single=True, in_scope=True)
+    return None if values is None else pd.Series(values)
 
 
 def sequence_inputs(labels: ConceptLabels, *, groups: Sequence[str] = (), measures: Sequence[str] = (),

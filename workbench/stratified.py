@@ -60,22 +60,6 @@ class Strata(NamedTuple):
     """What the strata are made of, e.g. ``"imgt x residue x chain_type"``."""
 
 
-def _group_values(labels: ConceptLabels, group: str, level: str) -> np.ndarray | None:
-    """Per row (token or sequence), the value of concept group ``group`` ('-' where unlabelled); None if absent."""
-    table, matrix = ((labels.token_concepts, labels.tokens) if level == "token"
-                     else (labels.sequence_concepts, labels.sequences))
-    names = table["concept"].astype(str).tolist()
-    cols = [j for j, c in enumerate(names) if c.startswith(group + "=")]
-    if not cols:
-        return None
-    sub = matrix[:, cols].tocsr()
-    out = np.full(sub.shape[0], "-", dtype=object)
-    has = np.diff(sub.indptr) > 0
-    first = sub.indices[sub.indptr[:-1][has]]  # a row with two values of the group keeps the first
-    out[has] = np.asarray([names[cols[j]].split("=", 1)[1] for j in range(len(cols))], dtype=object)[first]
-    return out
-
-
 def token_strata(labels: ConceptLabels, obs: pd.DataFrame, *, groups: Sequence[str] = ("imgt",),
                  columns: Sequence[str] = ("residue",), sequence_groups: Sequence[str] = ("chain_type",)) -> Strata:
     """Strata from token concept groups (a numbering), ``obs`` columns (the residue) and sequence concept groups
@@ -87,9 +71,9 @@ def token_strata(labels: ConceptLabels, obs: pd.DataFrame, *, groups: Sequence[s
         raise InputError(f"obs has {len(obs)} rows for {labels.n_tokens} labelled tokens")
     parts: dict[str, Any] = {}
     for g in groups:
-        values = _group_values(labels, g, "token")
+        values = labels.group_values(g, "token")
         if values is not None:
-            parts[g] = values
+            parts[g] = np.where(values == None, "-", values)  # noqa: E711 - elementwise on an object array
     for c in columns:
         if c in obs.columns:
             parts[c] = obs[c].astype(str).to_numpy()
@@ -98,9 +82,9 @@ def token_strata(labels: ConceptLabels, obs: pd.DataFrame, *, groups: Sequence[s
         n_seq = labels.sequences.shape[0]
         if seq is not None and (len(seq) == 0 or seq.max() < n_seq):
             for g in sequence_groups:
-                values = _group_values(labels, g, "sequence")
+                values = labels.group_values(g, "sequence")
                 if values is not None:
-                    parts[g] = values[seq]
+                    parts[g] = np.where(values == None, "-", values)[seq]  # noqa: E711
     if not parts:
         return Strata(np.zeros(labels.n_tokens, dtype=np.int64), ["all"], "none (one stratum)")
     frame = pd.DataFrame(parts)
