@@ -226,11 +226,29 @@ def _label_side(c: sp.csr_matrix, spans: dict[str, Any] | None, scopes: Any = No
     if scopes is not None:
         blocks.append(sp.csr_matrix(scopes, dtype=np.float32))
         n_scopes = scopes.shape[1]
-    rhs = sp.csr_matrix(sp.hstack(blocks, format="csr")) if len(blocks) > 1 else c
-    return {"rhs": rhs, "c_t": sp.csr_matrix(c.T), "member_t": sp.csr_matrix(spans["member"].T) if n_spans else None,
-            "to_concept_t": sp.csr_matrix(spans["to_concept"].T) if n_spans else None,
-            "scopes_t": sp.csr_matrix(blocks[-1].T) if n_scopes else None, "n_con": c.shape[1], "n_spans": n_spans,
-            "n_scopes": n_scopes, "spans": spans, "scopes": scopes, "n_labelled": np.asarray(c.sum(0)).ravel()}
+    return {"blocks": blocks, "n_con": c.shape[1], "n_spans": n_spans, "n_scopes": n_scopes, "spans": spans,
+            "scopes": scopes, "n_labelled": np.asarray(c.sum(0)).ravel()}
+
+
+def _side_part(side: dict[str, Any], key: str) -> Any:
+    """A product operand of a :func:`_label_side`, built on first use and kept: ``rhs`` (the blocks side by side,
+    for dense active matrices) or ``c_t`` / ``member_t`` / ``to_concept_t`` / ``scopes_t`` (transposed CSR blocks,
+    for sparse ones). One counting path never pays for the other's operands."""
+    import scipy.sparse as sp
+
+    if key not in side:
+        blocks = side["blocks"]
+        if key == "rhs":
+            side[key] = sp.csr_matrix(sp.hstack(blocks, format="csr")) if len(blocks) > 1 else blocks[0]
+        elif key == "c_t":
+            side[key] = sp.csr_matrix(blocks[0].T)
+        elif key == "member_t":
+            side[key] = sp.csr_matrix(side["spans"]["member"].T)
+        elif key == "to_concept_t":
+            side[key] = sp.csr_matrix(side["spans"]["to_concept"].T)
+        else:  # scopes_t
+            side[key] = sp.csr_matrix(blocks[-1].T)
+    return side[key]
 
 
 def _count(a: dict[str, Any], c: sp.csr_matrix | dict[str, Any], spans: dict[str, Any] | None = None, scopes: Any = None,
@@ -245,17 +263,17 @@ def _count(a: dict[str, Any], c: sp.csr_matrix | dict[str, Any], spans: dict[str
         raise WorkbenchError(f"scopes of shape {side['scopes'].shape} do not fit {a['shape'][0]} tokens")
     dense = a.get("dense")
     if dense is not None:
-        prod = np.asarray(side["rhs"].T @ dense).T  # features x (concepts + spans + scopes)
+        prod = np.asarray(_side_part(side, "rhs").T @ dense).T  # features x (concepts + spans + scopes)
         tp = prod[:, :n_con]
         per_span = prod[:, n_con : n_con + n_spans] > 0
         per_scope = prod[:, n_con + n_spans :]
     else:  # CSR products with one output row per concept / span / scope (far fewer rows than features)
-        tp = (side["c_t"] @ a["csr"]).toarray().T
+        tp = (_side_part(side, "c_t") @ a["csr"]).toarray().T
         per_span = None
         if n_spans:
-            per_span = sp.csr_matrix(side["member_t"] @ a["csr"])  # spans x features
+            per_span = sp.csr_matrix(_side_part(side, "member_t") @ a["csr"])  # spans x features
             per_span.data[:] = 1.0
-        per_scope = (side["scopes_t"] @ a["csr"]).toarray().T if n_scopes else None
+        per_scope = (_side_part(side, "scopes_t") @ a["csr"]).toarray().T if n_scopes else None
     n_active = a["n_active"]
     out = {"tp": tp, "n_active": n_active, "n_labelled": side["n_labelled"]}
     if n_scopes:
@@ -268,7 +286,7 @@ def _count(a: dict[str, Any], c: sp.csr_matrix | dict[str, Any], spans: dict[str
         if dense is not None:
             hits = np.asarray(per_span.astype(np.float32) @ spans["to_concept"])
         else:
-            hits = (side["to_concept_t"] @ per_span).toarray().T  # concepts x features, transposed
+            hits = (_side_part(side, "to_concept_t") @ per_span).toarray().T  # concepts x features, transposed
         hit[:, spans["multi"]] = hits[:, spans["multi"]]
     out["hit_instances"] = hit
     out["n_instances"] = spans["n_instances"]
