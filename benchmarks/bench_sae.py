@@ -56,6 +56,7 @@ WIDTH, K, BATCH = 4096, 32, 4096
 DEFAULT_TOKENS = 1_000_000
 EVAL_TOKENS = 50_000
 SPEEDUP_TARGET = 2.0
+SAELENS_SPEEDUP = 3.0
 CONTENDED = 0.05
 
 
@@ -310,7 +311,7 @@ def report(runs: list[Run], evals: dict[str, dict[str, float]], skipped: dict[st
         if internal:
             lines.append(f"- Ours, as measured inside `train_sae` (all steps, from before the first batch): "
                          f"{fmt_int(internal)} tokens/s.")
-    peers = [r for r in runs if r is not ours]
+    peers = [r for r in runs if r is not ours and not r.name.startswith("bare")]
     if ours is not None and peers:
         fastest = max(peers, key=lambda r: r.tokens_per_s)
         best = max(peers, key=lambda r: evals[r.name]["fve"])
@@ -331,6 +332,18 @@ def report(runs: list[Run], evals: dict[str, dict[str, float]], skipped: dict[st
         else:
             lines.append(f"- FVE against every peer: ours is highest ({our_fve:.4f}; best peer {best.name} "
                          f"{evals[best.name]['fve']:.4f}).")
+        saelens = next((r for r in peers if r.name == "SAELens"), None)
+        if saelens is not None:
+            ratio = ours.tokens_per_s / saelens.tokens_per_s
+            met = our_fve >= evals[saelens.name]["fve"] and ratio >= SAELENS_SPEEDUP
+            lines.append(
+                f"- Against SAELens at equal settings (held-out FVE >= its, at >= {SAELENS_SPEEDUP:.0f}x its speed): "
+                f"FVE {our_fve:.4f} vs {evals[saelens.name]['fve']:.4f}, {ratio:.2f}x faster — "
+                f"**{'met' if met else 'missed'}**.")
+    bare = next((r for r in runs if r.name.startswith("bare")), None)
+    if ours is not None and bare is not None:
+        lines.append(f"- Bare PyTorch reference loop: FVE {evals[bare.name]['fve']:.4f}; ours is "
+                     f"{ours.tokens_per_s / bare.tokens_per_s:.2f}x its speed.")
     lines.append("")
     lines.append("How each trainer is driven and what it does to the inputs:")
     lines.append("")
@@ -391,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     skipped: dict[str, str] = {}
     for name in names:
-        if name != "ours":
+        if name in sae_peers.PEER_IMPORTS:
             why = sae_peers.peer_available(name)
             if why:
                 skipped[name] = why

@@ -376,8 +376,67 @@ def run_overcomplete(setup: Setup) -> Run:
     )
 
 
+# --------------------------------------------------------------------------------------------------------- bare loop
+
+
+def run_bare(setup: Setup) -> Run:
+    """The reference: a plain PyTorch TopK loop in a few lines, no library.
+
+    Inputs centred on the mean of the statistics sample and scaled to unit mean squared norm per dimension (as ours);
+    decoder rows of unit norm (projected after each step), the encoder initialised as the decoder's transpose, zero
+    biases; dense encoder, ``topk``, dense decoder through ``scatter``; MSE summed over dimensions; Adam with the
+    shared schedule and gradient-norm clip 1.0; no AuxK.
+    """
+    torch.manual_seed(setup.seed)
+    sample = torch.cat([b.float() for _, b in zip(range(max(1, 65536 // setup.batch_size)), training_batches(setup))])
+    mean = sample.mean(0)
+    scale = float((sample - mean).pow(2).sum(1).mean().div(sample.shape[1]).sqrt())
+    d, w = sample.shape[1], setup.width
+    w_dec = torch.randn(w, d)
+    w_dec = torch.nn.Parameter(w_dec / w_dec.norm(dim=1, keepdim=True))
+    w_enc = torch.nn.Parameter(w_dec.detach().clone())
+    b_enc, b_dec = torch.nn.Parameter(torch.zeros(w)), torch.nn.Parameter(torch.zeros(d))
+    params = [w_enc, w_dec, b_enc, b_dec]
+    opt = torch.optim.Adam(params, lr=setup.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, setup.lr_factor)
+
+    def encode(xn: torch.Tensor) -> torch.Tensor:
+        pre = (xn - b_dec) @ w_enc.t() + b_enc
+        vals, idx = pre.topk(setup.k, dim=1)
+        return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+
+    batches = TimedBatches(training_batches(setup), limit=setup.steps)
+    t0 = time.perf_counter()
+    for x in batches:
+        xn = (x.float() - mean) / scale
+        loss = ((encode(xn) @ w_dec + b_dec) - xn).pow(2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            w_dec /= w_dec.norm(dim=1, keepdim=True)
+    t1 = time.perf_counter()
+    start = batches.loop_start(setup.steps)
+
+    @torch.no_grad()
+    def reconstruct(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = encode((x.float() - mean) / scale)
+        return (codes @ w_dec + b_dec) * scale + mean, codes
+
+    return Run(
+        name="bare PyTorch TopK loop", version=f"torch {torch.__version__}", reconstruct=reconstruct,
+        call_seconds=t1 - t0, loop_seconds=t1 - start, loop_steps=setup.steps - 1, batch_size=setup.batch_size,
+        api="dense encoder + topk + scatter + dense decoder, Adam, LambdaLR (benchmarks/sae_peers.py run_bare)",
+        normalisation="centre on the sample mean, scale to unit mean squared norm per dimension (as ours)",
+        notes=["unit-norm decoder rows projected after each step, encoder = decoder transpose at start, no AuxK"],
+    )
+
+
 TRAINERS: dict[str, Callable[[Setup], Run]] = {
     "ours": run_ours,
+    "bare": run_bare,
     "saelens": run_saelens,
     "dictionary_learning": run_dictionary_learning,
     "overcomplete": run_overcomplete,

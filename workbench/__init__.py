@@ -15,9 +15,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.catalog import Catalog
     from workbench.registry import get_card, list_models, load_adapter
     from workbench.store import ActivationStore, open_store
+    from workbench._universality import Universality, universality, write_universality
 
 __all__ = [
     "__version__", "extract", "open_store", "ActivationStore", "load_adapter", "list_models", "get_card", "annotate", "Catalog",
+    "universality", "write_universality", "Universality",
 ]
 
 _LAZY = {
@@ -29,6 +31,9 @@ _LAZY = {
     "get_card": "workbench.registry",
     "annotate": "workbench._pipeline",
     "Catalog": "workbench.catalog",
+    "universality": "workbench._universality",
+    "write_universality": "workbench._universality",
+    "Universality": "workbench._universality",
 }
 
 

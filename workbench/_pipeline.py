@@ -4,8 +4,10 @@
 features, the model's neurons and (when given) an SAE trained on a random-weight copy of the model; linear probes on
 SAE codes, neurons and the random control; discovery (candidate missing annotations, unexplained features, the
 rediscovery check); causal effects of the most interesting features through the adapter's edit hook; feature
-descriptions, families and UMAP; and writes the catalog atomically. It is domain-free: the labels come from a domain's
-annotation sources, and the domain may pass sequence-level targets (for example biophysical assays) and groups.
+descriptions, families and UMAP; description scores (how well each description predicts held-out activations, for
+SAE features, neurons and a shuffled null); and writes the catalog atomically. It is domain-free: the labels come
+from a domain's annotation sources, and the domain may pass sequence-level targets (for example biophysical assays)
+and groups.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class AnnotateConfig:
     """Concept group giving a per-residue position shown beside examples (stored in obs as a comma-joined string)."""
     profile_groups: Sequence[str] = ("region", "imgt")
     """Concept groups whose per-feature firing profile enters the descriptions (images: regions of the frame)."""
+    score_descriptions: bool = True
+    """Score every description by how well it predicts its unit's activations on the test sequences
+    (:mod:`workbench.description_scores`: built on the validation half from the top concept and the profiles of
+    ``profile_groups`` and the residue), for SAE features, neurons and a shuffled-description null."""
     seed: int = 0
     """Seed for subsampling, permutations and the layout."""
 
@@ -290,6 +296,23 @@ def annotate(
         findings = concept_findings(bests, tables.get("verdicts"))
         findings["examples"] = _finding_examples(findings, features, token_sequence, ids)
         tables["concept_findings"] = findings
+    description_entries: dict[str, Any] = {}
+    if cfg.score_descriptions:
+        from workbench.description_scores import description_summary, score_descriptions
+
+        def _description_scores() -> tuple[Any, Any, Any]:
+            options: dict[str, Any] = {"token_sequence": token_sequence, "sequence_ids": ids, "split_seed": cfg.split_seed,
+                                       "profile_groups": cfg.profile_groups, "null_seed": cfg.seed}
+            random_scores = None
+            if random_features is not None:
+                random_scores = score_descriptions(random_features, labels, controls["random"], obs, n_null=0, **options)
+            return (score_descriptions(features, labels, sae_assoc, obs, **options),
+                    score_descriptions(neurons, labels, neuron_assoc, obs, n_null=0, **options), random_scores)
+
+        sae_scores, neuron_scores, random_scores = timed("description scores", _description_scores)
+        tables["description_scores"] = sae_scores.table.reset_index()
+        tables["description_scores_neurons"] = neuron_scores.table.reset_index()
+        description_entries = description_summary(sae_scores, neuron_scores, random_scores)
 
     # -- probes -------------------------------------------------------------------------------------------------------
     reps: dict[str, Any] = {"sae": features.values, "neurons": raw}
@@ -387,6 +410,7 @@ def annotate(
             obs_extra = pd.DataFrame({cfg.position_group: strings}, index=pd.Index(ids, name="sequence_id"))
     summary = dict(summary_extra or {})
     summary.update(_summary(tables))
+    summary.update(description_entries)
     if strata is not None:
         from workbench.findings import headline
 
@@ -511,7 +535,8 @@ def _causal_choice(best: pd.DataFrame, unexplained: pd.DataFrame, n: int) -> lis
 
 
 def _var_extra(names: Sequence[str], tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per-feature columns from the tables: causal effect, strongest probe weight, unexplained rank."""
+    """Per-feature columns from the tables: causal effect, strongest probe weight, description scores, unexplained
+    rank."""
     import pandas as pd
 
     extra = pd.DataFrame(index=pd.Index(list(names), name="feature"))
@@ -536,6 +561,12 @@ def _var_extra(names: Sequence[str], tables: Mapping[str, pd.DataFrame]) -> pd.D
             g = g.set_index(g["feature"].astype(str))
             for col in ("auroc", "auroc_adjusted", "q_adjusted"):
                 extra[f"{concept}_{col}"] = g[col].reindex(extra.index).astype(float)
+    scores = tables.get("description_scores")  # from workbench.description_scores
+    if scores is not None and len(scores):
+        s = scores.set_index(scores["feature"].astype(str))
+        for col in ("description_detection", "description_f1", "description_corr", "description_spearman"):
+            if col in s:
+                extra[col] = s[col].reindex(extra.index).astype(float)
     unexplained = tables.get("unexplained_features")
     if unexplained is not None and len(unexplained):
         extra["unexplained_rank"] = unexplained.set_index("feature")["rank"].reindex(extra.index).astype(float)

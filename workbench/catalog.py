@@ -517,7 +517,8 @@ class Catalog:
                 raise WorkbenchError(f"{file}: catalog schema {version} is older than this workbench reads ({SCHEMA_VERSION});"
                                      " rebuild the catalog")
             var = _read_frame(h5["var"])
-            uns = {k: to_python(_read_elem(h5["uns"][k])) for k in ("summary", "provenance", "metrics", "images") if k in h5["uns"]}
+            uns = {k: to_python(_read_elem(h5["uns"][k])) for k in ("summary", "provenance", "metrics", "images", "universality")
+                   if k in h5["uns"]}
             uns["schema_version"] = version
             examples = _read_frame(h5["uns/examples"]) if "examples" in h5["uns"] else None
             tables = sorted(h5["uns/tables"].keys()) if "tables" in h5["uns"] else []
@@ -575,6 +576,14 @@ class Catalog:
     @property
     def metrics(self) -> dict[str, Any]:
         return dict(self._uns.get("metrics", {}))
+
+    @property
+    def universality(self) -> dict[str, dict[str, Any]]:
+        """Stored cross-model comparisons (``uns["universality"]``, :func:`workbench.write_universality`):
+        key -> ``{"summary": dict, "features": DataFrame}``; empty when the catalog has none."""
+        from workbench._universality import stored
+
+        return stored(self._uns.get("universality"))
 
     @property
     def features(self) -> pd.DataFrame:

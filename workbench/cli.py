@@ -1,4 +1,4 @@
-"""Command line: ``workbench extract | train | sweep | annotate | export | app | models | info | demo``; thin
+"""Command line: ``workbench extract | train | sweep | annotate | universality | export | app | models | info | demo``; thin
 wrappers over the Python API.
 
 Problems with the user's input end with one line on stderr (``workbench: error: ...``) and exit status 2;
@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--k", default="32", help="comma-separated k values")
     sw.add_argument("--width", default="4096", help="comma-separated widths")
     sw.add_argument("--l1-coeff", help="comma-separated sparsity coefficients (relu, jumprelu)")
+    sw.add_argument("--source", action="append", metavar="SPEC",
+                    help="annotation source, repeatable (as for annotate): adds sparse-probing F1 and absorption columns")
+    sw.add_argument("--domain", help="domain providing the annotation sources (default: the domain of the store's model)")
+    sw.add_argument("--plot", metavar="PNG", help="also draw quality against L0 per architecture into PNG")
 
     an = sub.add_parser("annotate", help="associate SAE features with database concepts and write a feature catalog")
     an.add_argument("--store", required=True, help="activation store folder")
@@ -157,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--domain", default="sequence", help="domain whose demo to run (default: sequence)")
     demo.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
     demo.add_argument("--no-progress", action="store_true")
+
+    un = sub.add_parser("universality", help="how many SAE features of one model (or seed) recur in another, against a "
+                                             "within-sequence permutation null")
+    un.add_argument("--sae-a", required=True, help="SAE folder of model A")
+    un.add_argument("--store-a", required=True, help="activation store of model A")
+    un.add_argument("--sae-b", required=True, help="SAE folder of model B")
+    un.add_argument("--store-b", required=True, help="activation store of model B (the same records)")
+    un.add_argument("--layer-a", type=int, help="layer of store A (default: the SAE's)")
+    un.add_argument("--layer-b", type=int, help="layer of store B (default: the SAE's)")
+    un.add_argument("--tokens", type=int, default=100_000, help="tokens sampled as whole sequences (0: all)")
+    un.add_argument("--threshold", type=float, default=0.5, help="best-match r above which a feature is shared")
+    un.add_argument("--nulls", type=int, default=1, help="repeats of the permutation null")
+    un.add_argument("--seed", type=int, default=0)
+    un.add_argument("--common", action="store_true", help="compare the tokens both stores hold (default: require the same)")
+    un.add_argument("--catalog", help="catalog (of SAE A) to store the result in, under --key")
+    un.add_argument("--key", help="name of the comparison in the catalog's uns['universality']")
+    un.add_argument("--out", help="CSV file for the per-feature table")
+    un.add_argument("--no-progress", action="store_true")
 
     info = sub.add_parser("info", help="print a store's manifest summary")
     info.add_argument("store")
@@ -195,14 +217,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         from workbench.sae import sweep
 
+        labels = None
+        if args.source:
+            from workbench.registry import labels_for
+            from workbench.store import open_store
+
+            labels = labels_for(open_store(args.store), args.source, domain=args.domain)
         table = sweep(
             args.store, out=args.out, layer=args.layer, arch=_csv(args.arch, str), k=_csv(args.k, int), width=_csv(args.width, int),
-            l1_coeff=_csv(args.l1_coeff, float) if args.l1_coeff else None, train=_train_config(args), progress=not args.no_progress,
+            l1_coeff=_csv(args.l1_coeff, float) if args.l1_coeff else None, train=_train_config(args), labels=labels,
+            progress=not args.no_progress,
         )
         print(table.to_string(index=False))
+        if args.plot:
+            from workbench.sae_eval import plot_sweep
+
+            print(f"wrote {plot_sweep(table, args.plot)}")
         return 0
     if args.command == "annotate":
         return _annotate(args)
+    if args.command == "universality":
+        return _universality(args)
     if args.command == "app":
         return _app(args)
     if args.command == "export":
@@ -257,6 +292,41 @@ def _run(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {store.path}: {store.n_sequences} sequences, {store.n_tokens} tokens, layers {store.layers}")
+    return 0
+
+
+def _universality(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workbench.catalog import Catalog
+    from workbench._universality import summary_lines, universality, write_universality
+
+    if bool(args.catalog) != bool(args.key):
+        raise WorkbenchError("--catalog and --key go together")
+    if args.catalog:
+        Catalog.open(args.catalog)  # refuse a bad catalog before the computation
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise WorkbenchError(f"{out.parent} is not a folder")
+    result = universality(args.sae_a, args.store_a, args.sae_b, args.store_b, layer_a=args.layer_a, layer_b=args.layer_b,
+                          on="common" if args.common else "same", n_tokens=args.tokens, threshold=args.threshold,
+                          n_null=args.nulls, seed=args.seed, catalog_a=args.catalog, progress=not args.no_progress)
+    tmp = out.with_name(f".{out.name}.partial") if out is not None else None
+    try:
+        if tmp is not None:
+            result.features.to_csv(tmp, index=False)
+        if args.catalog:
+            write_universality(args.catalog, result, key=args.key)
+        if tmp is not None:
+            os.replace(tmp, out)
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+    print("\n".join(summary_lines(result)))
+    if args.catalog:
+        print(f"stored in {args.catalog} as uns['universality'][{args.key!r}]")
+    if out is not None:
+        print(f"wrote {out}")
     return 0
 
 

@@ -52,8 +52,8 @@ def _fmt_q(q: float) -> str:
     return f"{q:.0e}" if q < 0.01 else f"{q:.2f}"
 
 
-def feature_profile(labels: ConceptLabels, features: FeatureMatrix,
-                    group: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+def feature_profile(labels: ConceptLabels, features: FeatureMatrix, group: str, *,
+                    rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray] | None:
     """Share of each feature's activation mass on each value of concept ``group``: ``(values, share, baseline)``.
 
     The mass of a feature is the sum of its normalised activation over all tokens; the share of ``<group>=<value>``
@@ -65,13 +65,17 @@ def feature_profile(labels: ConceptLabels, features: FeatureMatrix,
     A scoped group (every concept of it has a scope, :attr:`~workbench.concepts.ConceptLabels.scopes`) is profiled
     where it is defined: mass and tokens outside the union of its concepts' scopes count neither way, so ``share``
     is of the feature's mass inside the scope and ``baseline`` of the tokens inside it.
+
+    ``rows`` (token indices) profiles those tokens only (mass, baseline and scope alike): for example the validation
+    half of the sequences, so that a description can be scored on the other half
+    (:mod:`workbench.description_scores`).
     """
-    prof = _profile(labels, features, group)
+    prof = _profile(labels, features, group, rows=rows)
     return None if prof is None else prof[:3]
 
 
-def _profile(labels: ConceptLabels, features: FeatureMatrix,
-             group: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None] | None:
+def _profile(labels: ConceptLabels, features: FeatureMatrix, group: str, *,
+             rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None] | None:
     """:func:`feature_profile` plus, for a scoped group, the fraction of each feature's mass inside the scope."""
     import scipy.sparse as sp
 
@@ -87,9 +91,12 @@ def _profile(labels: ConceptLabels, features: FeatureMatrix,
     values = [values[i] for i in order]
     x = sp.csr_matrix(features.values, dtype=np.float32)
     lab = sp.csr_matrix(labels.tokens[:, cols], dtype=np.float32)
+    scope = labels.group_scope(cols)
+    if rows is not None:
+        x, lab = x[rows], lab[rows]
+        scope = None if scope is None else scope[rows]
     mass = np.asarray((x.T @ lab).todense(), dtype=np.float64)
     total = np.asarray(x.sum(0), dtype=np.float64).ravel()
-    scope = labels.group_scope(cols)
     n_rows = lab.shape[0]
     in_scope = None
     if scope is not None:  # the mass and the tokens where the group is defined
@@ -124,6 +131,22 @@ def _peak_window(share: np.ndarray) -> tuple[int, int]:
     return lo, hi
 
 
+def _stated_items(share: np.ndarray, numeric: bool) -> list[np.ndarray]:
+    """The values the profile text of one group names for one feature, as index arrays into the group's values, in
+    the order of the text: for positions (``numeric``) the peak window (:func:`_peak_window`) and then up to
+    ``_PROFILE_TOP - 1`` more single positions; otherwise up to ``_PROFILE_TOP`` single values. Single values under
+    1% of the mass are not named. Empty when the feature has no mass on the group."""
+    if share.max() <= 0:
+        return []
+    if numeric:
+        lo, hi = _peak_window(share)
+        rest = np.r_[np.arange(lo), np.arange(hi + 1, len(share))]
+        top = rest[np.argsort(-share[rest], kind="stable")[: _PROFILE_TOP - 1]]
+        return [np.arange(lo, hi + 1)] + [np.array([i]) for i in top if share[i] >= 0.01]
+    order = np.argsort(-share, kind="stable")[:_PROFILE_TOP]
+    return [np.array([i]) for i in order if share[i] >= 0.01]
+
+
 def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.ndarray, numeric: bool,
                  in_scope: float | None = None) -> tuple[str, str | None]:
     """(profile text of one group for one feature, description clause or None). ``in_scope``: for a scoped group,
@@ -131,21 +154,16 @@ def _group_parts(group: str, values: list[str], share: np.ndarray, baseline: np.
     at least :data:`_PROFILE_CLAUSE_SHARE` of the mass in scope."""
     if share.max() <= 0:
         return "", None
-    if numeric:
-        lo, hi = _peak_window(share)
+    stated = _stated_items(share, numeric)
+    items = [(values[int(i[0])], float(share[i[0]])) for i in stated]
+    if numeric:  # the first item is the peak window
+        lo, hi = int(stated[0][0]), int(stated[0][-1])
         label = values[lo] if lo == hi else f"{values[lo]}-{values[hi]}"
-        peak = float(share[lo : hi + 1].sum())
-        base = float(baseline[lo : hi + 1].sum())
-        rest = np.r_[share[:lo], share[hi + 1 :]]
-        rest_values = values[:lo] + values[hi + 1 :]
-        items = [(label, peak)]
-        for i in np.argsort(-rest, kind="stable")[: _PROFILE_TOP - 1]:
-            if rest[i] >= 0.01:
-                items.append((rest_values[i], float(rest[i])))
+        peak, base = float(share[stated[0]].sum()), float(baseline[stated[0]].sum())
+        items[0] = (label, peak)
     else:
-        order = np.argsort(-share, kind="stable")
-        items = [(values[i], float(share[i])) for i in order[:_PROFILE_TOP] if share[i] >= 0.01]
-        label, peak, base = values[order[0]], float(share[order[0]]), float(baseline[order[0]])
+        top = int(np.argmax(share))
+        label, peak, base = values[top], float(share[top]), float(baseline[top])
     head = f"{group}: " if in_scope is None or in_scope >= 0.995 else f"{group} ({_pct(in_scope)} in scope): "
     text = head + ", ".join(f"{v} {_pct(s)}" for v, s in items) if items else ""
     enriched = peak >= _PROFILE_CLAUSE_SHARE and peak >= _PROFILE_CLAUSE_LIFT * base

@@ -14,6 +14,7 @@ PAGES = [
     ("app_pages/beyond.py", "Beyond position", ":material/filter_alt:"),
     ("app_pages/discovery.py", "Discovery", ":material/lightbulb:"),
     ("app_pages/atlas.py", "Feature atlas", ":material/scatter_plot:"),
+    ("app_pages/universality.py", "Universality", ":material/compare_arrows:"),
     ("app_pages/live.py", "Live input", ":material/edit:"),
 ]
 IMAGE_PAGES = [("app_pages/images.py", "Images", ":material/image:")]  # image catalogs only, after the feature browser

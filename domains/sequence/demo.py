@@ -52,6 +52,10 @@ ORIGINS = {"Genetically human": "human", "Genetically Human": "human", "Humanise
 chimeric-and-humanised entries, are left out of the origin targets)."""
 REDISCOVERY_GROUPS = ("region", "motif", "liability", "shm", "non_human_residue")
 """Concept groups of the rediscovery check: regions (positional) beside liabilities, SHM and non-human residues."""
+UNIVERSALITY_KEY = "random-weight control"
+"""Name of the demo's feature-level comparison with the random-weight control's SAE in the catalog."""
+UNIVERSALITY_TOKENS = 50_000
+"""Tokens (whole sequences) of that comparison."""
 JAIN_READ = {"id_col": "Name", "seq_cols": {"VH": "heavy", "VL": "light"}, "skip_missing": True}
 JAIN_ASSAYS = [
     "HEK Titer (mg/L)", "Fab Tm by DSF (°C)", "SGAC-SINS AS100 ((NH4)2SO4 mM)", "HIC Retention Time (Min)a",
@@ -213,8 +217,19 @@ def run(out: str | Path, *, progress: bool = True, config: DemoConfig | None = N
                               finding_covariates=FINDING_COVARIATES, seed=cfg.seed),
         progress=progress,
     )
+    stage("universality (random control)", lambda: _control_universality(catalog_dir, thera, sae_dir, control, control_dir))
+    catalog = Catalog.open(catalog_dir)
     _print_summary(catalog, catalog_dir, time.perf_counter() - t0)
     return catalog
+
+
+def _control_universality(catalog_dir: Path, store: Any, sae_dir: Path, control: Any, control_dir: Path) -> None:
+    """Which SAE features recur, feature for feature, in the SAE of the random-weight control (stored in the catalog's
+    ``uns["universality"]``, shown on the app's Universality page)."""
+    from workbench import universality, write_universality
+
+    result = universality(sae_dir, store, control_dir, control, n_tokens=UNIVERSALITY_TOKENS, catalog_a=catalog_dir)
+    write_universality(catalog_dir, result, key=UNIVERSALITY_KEY)
 
 
 def _jain_headline(scores: Any) -> dict[str, float]:
@@ -268,6 +283,20 @@ def _print_summary(catalog: Any, path: Path, seconds: float) -> None:
             f" findings (SAE beyond the strata and better than both controls): {s.get('concept_findings')}")
         for item in s.get("top_concept_findings") or []:
             lines.append(f"  - {item}")
+    scores = s.get("description_corr_above_0_5")
+    if isinstance(scores, dict) and scores:
+        lines.append("descriptions that predict held-out activations (r > 0.5): " + ", ".join(
+            f"{name} {fmt(100 * float(scores[key]), 0)}%" + (" of features" if key == "sae" else "")
+            for key, name in (("sae", "SAE"), ("neurons", "neurons"), ("random", "random-weight control"),
+                              ("shuffled", "shuffled descriptions")) if key in scores))
+    for key, stored in (getattr(catalog, "universality", None) or {}).items():
+        u = stored["summary"]
+        groups = sorted(u.get("concept_groups", {}).items(), key=lambda kv: -(kv[1]["shared"] + kv[1]["unshared"]))[:4]
+        lines.append(
+            f"universality, {key}: {fmt(100 * u['fraction_shared'], 0)}% of the SAE's features have a match (r > "
+            f"{u['threshold']:g}) in the other SAE (within-sequence null {fmt(100 * u['null_fraction'], 1)}%); by "
+            f"concept group, shared/all: "
+            + ", ".join(f"{g} {c['shared']}/{c['shared'] + c['unshared']}" for g, c in groups))
     if "rediscovery_precision_at_k_mean" in s:
         control = (f", random control {s['rediscovery_control_precision_at_k_mean']:.2f}; concepts where the SAE beats "
                    f"the control: {s.get('rediscovery_evidence')}" if "rediscovery_control_precision_at_k_mean" in s else "")

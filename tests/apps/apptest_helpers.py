@@ -27,3 +27,21 @@ def chart_rows(chart: Any) -> pd.DataFrame:
 
     (dataset,) = chart.proto.datasets
     return pa.ipc.open_stream(dataset.data.data).read_all().to_pandas()
+
+
+def page_test(name: str, catalog: Any, monkeypatch: Any) -> Any:
+    """An ``AppTest`` of one page script (``apps/workbench_app/app_pages/<name>.py``) on ``catalog``, given the way
+    the app passes it (``WORKBENCH_APP_CATALOG``); run it with ``.run()``."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_APP_CATALOG", str(catalog))
+    pages = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app_pages"
+    return AppTest.from_file(str(pages / f"{name}.py"), default_timeout=120)
+
+
+def assert_ok(at: Any) -> None:
+    """No exception and no ``st.error`` on the page."""
+    assert not at.exception, [getattr(e, "message", None) or e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]

@@ -16,22 +16,14 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from apptest_helpers import assert_ok, page_test  # noqa: E402  (tests/apps, on the path under pytest)
+
 from apps.workbench_app import _views as views  # noqa: E402
 from workbench.catalog import Catalog  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "workbench_app"
 PAGES = ("overview", "features", "concepts")
-
-
-def _page(name: str, catalog: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("WORKBENCH_APP_CATALOG", str(catalog))
-    return AppTest.from_file(str(APP / "app_pages" / f"{name}.py"), default_timeout=120)
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _html(at: AppTest) -> list[str]:
@@ -46,8 +38,8 @@ def _markdown(at: AppTest) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_pages_render_on_the_tiny_catalog(page: str, tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page(page, tiny_catalog, monkeypatch).run()
-    _ok(at)
+    at = page_test(page, tiny_catalog, monkeypatch).run()
+    assert_ok(at)
     assert at.title[0].value in ("Overview", "Feature browser", "Concept explorer")
 
 
@@ -55,8 +47,8 @@ def test_pages_render_on_the_tiny_catalog(page: str, tiny_catalog: Path, monkeyp
 @pytest.mark.real_model
 @pytest.mark.parametrize("page", PAGES)
 def test_pages_render_on_the_demo_catalog(page: str, demo_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page(page, demo_catalog, monkeypatch).run()
-    _ok(at)
+    at = page_test(page, demo_catalog, monkeypatch).run()
+    assert_ok(at)
     assert at.title[0].value in ("Overview", "Feature browser", "Concept explorer")
 
 
@@ -65,8 +57,8 @@ def test_pages_render_on_the_demo_catalog(page: str, demo_catalog: Path, monkeyp
 @pytest.mark.real_model
 def test_overview_shows_fidelity_controls_and_counts(demo_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     summary = Catalog.open(demo_catalog).summary
-    at = _page("overview", demo_catalog, monkeypatch).run()
-    _ok(at)
+    at = page_test("overview", demo_catalog, monkeypatch).run()
+    assert_ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert "**Model** `antiberty` · **layer** 4" in _markdown(at)
     assert metrics["FVE"] == views.fmt_num(summary["fve"])
@@ -79,7 +71,7 @@ def test_overview_shows_fidelity_controls_and_counts(demo_catalog: Path, monkeyp
     # the density histogram switches source; a discovery from the summary is listed
     assert at.radio[0].value == "catalog"
     at.radio[0].set_value("metrics").run()
-    _ok(at)
+    assert_ok(at)
     assert any("held-out" in c.value for c in at.caption)
     lists = ("top_concept_findings", "top_missing_annotations", "top_missing_annotations_trivial")
     first = next(summary[k][0] for k in lists if summary.get(k))
@@ -87,8 +79,8 @@ def test_overview_shows_fidelity_controls_and_counts(demo_catalog: Path, monkeyp
 
 
 def test_overview_says_when_a_control_was_not_run(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page("overview", tiny_catalog, monkeypatch).run()
-    _ok(at)
+    at = page_test("overview", tiny_catalog, monkeypatch).run()
+    assert_ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["random-weight control"] == "not run"  # the tiny catalog has no random-weight control
     assert metrics["Loss recovered"] == "–"
@@ -99,9 +91,9 @@ def test_overview_says_when_a_control_was_not_run(tiny_catalog: Path, monkeypatc
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_search_lists_features_about_cdr3(demo_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page("features", demo_catalog, monkeypatch).run()
+    at = page_test("features", demo_catalog, monkeypatch).run()
     at.text_input(key="_fb_query").input("CDR3").run()
-    _ok(at)
+    assert_ok(at)
     hits = at.dataframe[0].value
     assert len(hits) > 0
     for concept, description in zip(hits["concept"].astype(str), hits["description"].astype(str)):
@@ -111,11 +103,11 @@ def test_search_lists_features_about_cdr3(demo_catalog: Path, monkeypatch: pytes
     # picking a result shows it
     target = str(hits["feature"].iloc[min(2, len(hits) - 1)])
     box.select(target).run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == target
     # a query that matches nothing says so
     at.text_input(key="_fb_query").input("zzzz-no-such-thing").run()
-    _ok(at)
+    assert_ok(at)
     assert any("No feature matches" in i.value for i in at.info)
 
 
@@ -126,12 +118,12 @@ def test_selecting_another_feature_changes_what_is_shown(demo_catalog: Path, mon
     live = var[var["density"] > 0]
     a, b = str(live.index[0]), str(live.index[len(live) // 2])
     assert var.at[a, "description"] != var.at[b, "description"]
-    at = _page("features", demo_catalog, monkeypatch).run()
-    _ok(at)
+    at = page_test("features", demo_catalog, monkeypatch).run()
+    assert_ok(at)
     assert at.header[0].value == a
     assert views.md_escape(var.at[a, "description"]) in _markdown(at)
     at.selectbox(key="_fb_pick").select(b).run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == b
     text = _markdown(at)
     assert views.md_escape(var.at[b, "description"]) in text
@@ -141,7 +133,7 @@ def test_selecting_another_feature_changes_what_is_shown(demo_catalog: Path, mon
     nb = [x for x in at.button if (x.key or "").startswith("_fb_nb_")]
     assert len(nb) == 10
     nb[0].click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == nb[0].key.removeprefix("_fb_nb_") != b
 
 
@@ -154,7 +146,7 @@ def test_feature_page_colours_residues_on_imgt_columns(demo_catalog: Path, monke
     at = AppTest.from_file(str(APP / "app_pages" / "features.py"), default_timeout=120)
     at.query_params["feature"] = fid
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == fid
     page = "".join(_html(at))
     # IMGT numbers above the residues, CDRs marked
@@ -174,30 +166,30 @@ def test_feature_page_colours_residues_on_imgt_columns(demo_catalog: Path, monke
     assert f"Fires in {int(cat.features.at[fid, 'n_sequences']):,} of" in "\n".join(c.value for c in at.caption)
     # without alignment the same residues come as wrapped lines
     at.toggle(key="_fb_align").set_value(False).run()
-    _ok(at)
+    assert_ok(at)
     assert '<td class="l k">IMGT</td>' not in "".join(_html(at))
     assert tip in "".join(_html(at))
 
 
 @pytest.mark.parametrize("bad", ["f99999", "no-such-feature", "-3"])
 def test_unknown_feature_in_the_query_gives_a_warning(bad: str, tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page("features", tiny_catalog, monkeypatch)
+    at = page_test("features", tiny_catalog, monkeypatch)
     at.query_params["feature"] = bad
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert any(bad in w.value for w in at.warning)
     assert at.header[0].value == "f00000"  # falls back to a real feature
 
 
 def test_feature_chosen_elsewhere_is_shown(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page("features", tiny_catalog, monkeypatch)
+    at = page_test("features", tiny_catalog, monkeypatch)
     at.session_state["feature"] = "f00005"
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == "f00005"
     at.session_state["feature"] = 7  # other pages may pass a number
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == "f00007"
     assert at.selectbox(key="_fb_pick").value == "f00007"
 
@@ -206,17 +198,17 @@ def test_feature_page_shows_probe_and_causal_figures(tiny_catalog: Path, monkeyp
     cat = Catalog.open(tiny_catalog)
     var = cat.features
     measured = var.index[var["causal_kl_ratio"].notna()]
-    at = _page("features", tiny_catalog, monkeypatch)
+    at = page_test("features", tiny_catalog, monkeypatch)
     at.session_state["feature"] = str(measured[0])
     at.run()
-    _ok(at)
+    assert_ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Ratio"] == views.fmt_num(var.at[measured[0], "causal_kl_ratio"])
     assert f"`{var.at[measured[0], 'probe_target']}`" in _markdown(at)
     unmeasured = str(var.index[var["causal_kl_ratio"].isna()][0])
     at.session_state["feature"] = unmeasured
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert any("Not measured" in i.value for i in at.info)
 
 
@@ -231,15 +223,15 @@ def test_choosing_another_concept_changes_the_best_features(demo_catalog: Path, 
         hit = pairs[pairs["concept"] == concept].sort_values(["test_f1", "val_f1"], ascending=False, kind="stable")
         return list(hit["feature"].head(20))
 
-    at = _page("concepts", demo_catalog, monkeypatch).run()
-    _ok(at)
+    at = page_test("concepts", demo_catalog, monkeypatch).run()
+    assert_ok(at)
     first = at.header[0].value
     assert list(at.dataframe[-1].value["feature"]) == expected(first)
     box = at.selectbox(key="_cx_concept")
     options = [str(o).split("  (")[0] for o in box.options]
     other = next(o for o in options if o != first and expected(o) != expected(first))
     box.select(other).run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == other
     assert list(at.dataframe[-1].value["feature"]) == expected(other)
     assert at.query_params["concept"] == [other]
@@ -251,16 +243,16 @@ def test_choosing_another_concept_changes_the_best_features(demo_catalog: Path, 
     assert got["best unit"] == row["best_feature"] and got["test_f1"] == pytest.approx(row["test_f1"])
     # a group narrows the concepts
     at.selectbox(key="_cx_group").select("aa").run()
-    _ok(at)
+    assert_ok(at)
     assert all(str(o).startswith("aa=") for o in at.selectbox(key="_cx_concept").options)
     assert at.header[0].value.startswith("aa=")
 
 
 def test_unknown_concept_in_the_query_gives_a_warning(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _page("concepts", tiny_catalog, monkeypatch)
+    at = page_test("concepts", tiny_catalog, monkeypatch)
     at.query_params["concept"] = "region=NOPE"
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert any("region=NOPE" in w.value for w in at.warning)
     assert at.header[0].value.startswith("region=")
     assert any("curves below show every threshold" in c.value for c in at.caption)
@@ -271,20 +263,20 @@ def test_unknown_concept_in_the_query_gives_a_warning(tiny_catalog: Path, monkey
 def test_open_buttons_go_to_the_feature_browser(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORKBENCH_APP_CATALOG", str(tiny_catalog))
     at = AppTest.from_file(str(APP / "app.py"), default_timeout=120).run()
-    _ok(at)
+    assert_ok(at)
     assert at.title[0].value == "Overview"
     at.switch_page("app_pages/concepts.py").run()
-    _ok(at)
+    assert_ok(at)
     fid = str(at.dataframe[-1].value["feature"].iloc[1])
     at.button(key=f"_cx_open_{fid}").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.title[0].value == "Feature browser"
     assert at.header[0].value == fid
     # the overview's discoveries open their feature too
     at.switch_page("app_pages/overview.py").run()
     button = next(b for b in at.button if (b.key or "").startswith("_ov_"))
     button.click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.title[0].value == "Feature browser"
     assert at.header[0].value == button.label.removeprefix("open ")
 
@@ -295,7 +287,7 @@ def test_concept_page_draws_threshold_curves(demo_catalog: Path, monkeypatch: py
     curves = cat.table("association_thresholds")
     concept = "region=CDR3"
     assert set(curves[curves["concept"].astype(str) == concept]["threshold"]) == {0.0, 0.15, 0.5, 0.6, 0.8}
-    at = _page("concepts", demo_catalog, monkeypatch)
+    at = page_test("concepts", demo_catalog, monkeypatch)
     at.query_params["concept"] = concept
     at.run()
     assert not at.exception

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from apps.workbench_app import _views as views  # noqa: E402
 from apps.workbench_app._state import ENV  # noqa: E402
-from apptest_helpers import chart_rows, send_selection  # noqa: E402  (tests/apps, on the path under pytest)
+from apptest_helpers import assert_ok, chart_rows, send_selection  # noqa: E402  (tests/apps, on the path under pytest)
 from workbench.catalog import Catalog  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app.py"
@@ -36,13 +36,8 @@ def _open(monkeypatch: pytest.MonkeyPatch, catalog: Path, page: str) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=240)
     at.switch_page(f"app_pages/{page}.py")
     at.run()
-    _ok(at)
+    assert_ok(at)
     return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _markdown(at: AppTest) -> str:
@@ -56,8 +51,6 @@ def _metrics(at: AppTest) -> dict[str, str]:
 def _frame(at: AppTest, column: str) -> pd.DataFrame:
     """The first dataframe of the page that has ``column``."""
     return next(d.value for d in at.dataframe if column in d.value.columns)
-
-
 
 
 def _findings(cat: Catalog) -> pd.DataFrame:
@@ -128,7 +121,7 @@ def test_beyond_shows_the_headline_and_the_findings(demo_catalog: Path, monkeypa
     # another status, then every concept
     status = findings["finding"].value_counts().index[0]
     at.multiselect(key="_bp_status").set_value([status]).run()
-    _ok(at)
+    assert_ok(at)
     shown = at.dataframe[0].value
     assert len(shown) == int((findings["finding"] == status).sum()) > 0 and set(shown["finding"]) == {status}
     at.multiselect(key="_bp_status").set_value([]).run()
@@ -151,7 +144,7 @@ def test_beyond_shows_the_evidence_of_a_concept(demo_catalog: Path, monkeypatch:
     at = _open(monkeypatch, demo_catalog, "beyond")
     at.multiselect(key="_bp_status").set_value([]).run()
     at.selectbox(key="_bp_concept").select(concept).run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == concept
     text = _markdown(at)
     assert f"**{views.md_escape(row['finding'])}**" in text
@@ -173,11 +166,11 @@ def test_beyond_shows_the_evidence_of_a_concept(demo_catalog: Path, monkeypatch:
     # selecting a table row shows that concept; its SAE feature opens in the feature browser
     other = str(at.dataframe[0].value["concept"].iloc[1])
     send_selection(at, at.dataframe[0], {"rows": [1], "columns": [], "cells": []})
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == other and at.selectbox(key="_bp_concept").value == other
     fid = str(verdicts.loc[other, "feature_sae"])
     at.button(key=f"_bp_open_{fid}").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.session_state["feature"] == fid and at.title[0].value == "Feature browser"
     assert at.header[0].value == fid
 
@@ -192,7 +185,7 @@ def test_beyond_on_a_catalog_without_random_control(tiny_catalog: Path, monkeypa
     assert metrics["SAE features"] == f"{int((findings['beyond_f1_sae'] > 0.5).sum())} / {testable}"
     assert metrics["Findings"] == str(int((findings["finding"] == "finding").sum()))
     at.multiselect(key="_bp_status").set_value([]).run()
-    _ok(at)
+    assert_ok(at)
     assert list(at.dataframe[0].value["concept"]) == list(findings["concept"])
     assert at.header[0].value == findings["concept"].iloc[0]
     assert views.md_escape(cat.table("verdicts").astype({"concept": str}).set_index("concept").at[
@@ -213,7 +206,7 @@ def test_concept_explorer_shows_the_stratified_figures(demo_catalog: Path, monke
     at = AppTest.from_file(str(APP.parent / "app_pages" / "concepts.py"), default_timeout=240)
     at.query_params["concept"] = concept
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == concept
     controls = at.dataframe[0].value.set_index("set")
     sae = controls.loc["SAE features"]
@@ -260,7 +253,7 @@ def test_discovery_shows_sequence_findings_and_hides_artefacts(demo_catalog: Pat
     if artefacts:
         assert f"({artefacts:,} numbering artefacts hidden)" in _markdown(at)
         at.checkbox(key="missing_artefacts").check().run()
-        _ok(at)
+        assert_ok(at)
         assert len(_frame(at, "span")) == len(missing)
 
     # unexplained features with their strata share; rediscovery against the random control

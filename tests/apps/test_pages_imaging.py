@@ -19,6 +19,8 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from apptest_helpers import assert_ok  # noqa: E402  (tests/apps, on the path under pytest)
+
 from apps.workbench_app import _images as images  # noqa: E402
 from apps.workbench_app import _views as views  # noqa: E402
 from apps.workbench_app._state import ENV  # noqa: E402
@@ -69,13 +71,8 @@ def _open(monkeypatch: pytest.MonkeyPatch, catalog: Path, page: str, *, feature:
         at.session_state["feature"] = feature
     at.switch_page(f"app_pages/{page}.py")
     at.run()
-    _ok(at)
+    assert_ok(at)
     return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _markdown(at: AppTest) -> str:
@@ -159,7 +156,7 @@ def test_sequence_catalogs_get_no_images_page(tiny_catalog: Path, imaging_catalo
         at.switch_page("app_pages/images.py")
     at = _open(monkeypatch, imaging_catalog, "overview")
     at.switch_page("app_pages/images.py").run()  # registered for images
-    _ok(at)
+    assert_ok(at)
     assert at.title[0].value == "Images"
 
 
@@ -185,7 +182,7 @@ def test_images_page_shows_the_features_top_images(imaging_catalog: Path, monkey
 
     other = next(f for f in cat.features.index[cat.features["density"] > 0] if top_ids(f) != top_ids(first))
     at.selectbox(key="_im_pick").select(other).run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == other and at.session_state["feature"] == other
     assert [c.split(" · ")[0] for c in at.image[0].captions] == top_ids(other)
 
@@ -227,7 +224,7 @@ def test_pathology_features_ranked_and_opened(findings_catalog: Path, monkeypatc
     assert metrics["Model, test AUROC"] == views.fmt_num(summary["model_test_auroc"])
     at.selectbox(key="_im_path_pick").select("f00009").run()
     at.button(key="_im_path_show").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.header[0].value == "f00009"
 
 

@@ -67,6 +67,76 @@ def test_sparse_path_matches_dense_autograd(arch: str, use_aux: bool) -> None:
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["topk", "matryoshka", "relu", "jumprelu"])
+def test_free_decoder_norm_gradients_and_folding_are_exact(arch: str) -> None:
+    """Free row norms (SAELens's rescale_acts_by_decoder_norm): the sparse path's gradients equal dense autograd of
+    codes scaled by the row norms decoded through the row directions, and folding the norms into the encoder keeps
+    every code and reconstruction while giving unit rows."""
+    torch.manual_seed(1)
+    cfg = SAEConfig(d_in=16, width=64, arch=arch, k=4, normalize=False)  # type: ignore[arg-type]
+    sae = SparseAutoencoder(cfg).double()
+    sae.start_free_norm(0.1)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(64, 1, dtype=torch.double) + 0.5)  # unequal norms
+        sae.b_enc.normal_(0, 0.01)
+        sae.b_dec.normal_()
+    x = torch.randn(12, 16, dtype=torch.double)
+    out = sae(x)
+    out.loss.backward()
+    ours = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    norms = sae.W_dec.norm(dim=1)
+    pre = ((x - sae.b_dec) @ sae.W_enc.t() + sae.b_enc) * norms
+    directions = sae.W_dec / norms[:, None]
+    if arch == "relu":
+        codes = torch.relu(pre)
+        loss = (codes @ directions + sae.b_dec - x).pow(2).sum(1).mean() + cfg.l1_coeff * (codes * directions.norm(dim=1)).sum(1).mean()
+    elif arch == "jumprelu":
+        loss = None  # its threshold gradient is a straight-through estimate: check the reconstruction only
+    else:
+        codes = pre * (out.codes.dense(64) > 0)
+        recon = (codes @ directions + sae.b_dec - x).pow(2).sum(1).mean()
+        if arch == "matryoshka":
+            recon = torch.stack([((codes * (torch.arange(64) < end)) @ directions + sae.b_dec - x).pow(2).sum(1).mean()
+                                 for end in cfg.matryoshka_groups]).mean()
+        loss = recon
+    if loss is not None:
+        loss.backward()
+        for name, p in sae.named_parameters():
+            torch.testing.assert_close(ours[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    sae.eval()
+    codes_before, recon_before = sae.encode(x), sae.decode(sae.encode(x))
+    sae.fold_decoder_norm()
+    assert not sae.free_decoder_norm
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64, dtype=torch.double))
+    torch.testing.assert_close(sae.encode(x), codes_before, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), recon_before, rtol=1e-12, atol=1e-12)
+
+
+def test_free_decoder_norm_trains_resumes_and_saves_unit_rows(store, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cfg = small_train(n_tokens=256 * 80, checkpoint_every=40, decoder_norm="free", init_norm=0.1)
+    full = train_sae(store, out=tmp_path / "full", layer=2, train=cfg, progress=False, metrics=False, **SMALL)
+    torch.testing.assert_close(full.sae.W_dec.norm(dim=1), torch.ones(64), rtol=1e-5, atol=1e-5)
+    reloaded = load_sae(tmp_path / "full")
+    assert not reloaded.free_decoder_norm
+    real = train_mod._checkpoint
+
+    def killed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(store, out=tmp_path / "resumed", layer=2, train=cfg, progress=False, metrics=False, **SMALL)
+    monkeypatch.setattr(train_mod, "_checkpoint", real)
+    resumed = train_sae(store, out=tmp_path / "resumed", layer=2, train=cfg, progress=False, metrics=False, **SMALL)
+    for (k, v1), v2 in zip(full.sae.state_dict().items(), resumed.sae.state_dict().values()):
+        torch.testing.assert_close(v1, v2, rtol=0, atol=0, msg=k)
+    for bad in (dict(decoder_norm="loose"), dict(init_norm=0.0)):
+        with pytest.raises(WorkbenchError):
+            small_train(**bad)
+
+
 def test_topk_codes_have_k_active_and_batchtopk_averages_k() -> None:
     torch.manual_seed(0)
     x = torch.randn(50, 16)
@@ -245,3 +315,18 @@ def test_two_rank_ddp_matches_one_rank(store, tmp_path: Path) -> None:  # type: 
     assert json.loads((tmp_path / "two" / "cfg.json").read_text())["world_size"] == 2
     assert m1["fve"] > 0.5 and abs(m1["fve"] - m2["fve"]) < 0.03, (m1["fve"], m2["fve"])
     assert abs(m1["l0"] - m2["l0"]) < 0.5 and abs(m1["dead_fraction"] - m2["dead_fraction"]) < 0.1
+
+
+def test_sweep_reuses_a_finished_run_only_with_the_same_training_settings(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from workbench.sae import sweep
+
+    opts = dict(out=tmp_path / "sweep", layer=2, arch=["topk"], k=[4], width=[64], progress=False)
+    sweep(store, train=small_train(n_tokens=256 * 20, loss_recovered_sequences=0), **opts)
+    weights = tmp_path / "sweep" / "topk_w64_k4" / "sae.safetensors"
+    first = weights.stat().st_mtime_ns
+    sweep(store, train=small_train(n_tokens=256 * 20, loss_recovered_sequences=0), **opts)
+    assert weights.stat().st_mtime_ns == first  # same settings: reused
+    table = sweep(store, train=small_train(n_tokens=256 * 30, loss_recovered_sequences=0), **opts)
+    assert weights.stat().st_mtime_ns != first  # another token budget: trained again
+    cfg = json.loads((tmp_path / "sweep" / "topk_w64_k4" / "cfg.json").read_text())
+    assert cfg["train"]["n_tokens"] == 256 * 30 and len(table) == 1

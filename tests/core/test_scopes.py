@@ -12,21 +12,16 @@ import scipy.sparse as sp
 from scipy.stats import hypergeom
 
 import workbench.associate as assoc_module
-from workbench.associate import FeatureMatrix, associate, count_pairs, sequence_split
+from workbench.associate import FeatureMatrix, associate, count_pairs
 from workbench.concepts import ConceptLabels, concat_labels, labels_from_spans, scope_labels
 from workbench.errors import InputError
+from core_helpers import alternating_ids  # noqa: E402  (tests/core, on the path under pytest)
 
 LENGTH = 20
 SCOPE_END = 10
 """Residues 1-10 of every sequence are in scope (compared with a germline, say), 11-20 are not."""
 
 
-def _ids(n: int) -> list[str]:
-    """``n`` sequence ids, alternating validation and test, so both halves hold the same sequences' patterns."""
-    cands = [f"s{i}" for i in range(20 * n)]
-    split = sequence_split(cands)
-    val, test = np.flatnonzero(split), np.flatnonzero(~split)
-    return [cands[int(i)] for pair in zip(val[: n // 2], test[: n // 2]) for i in pair]
 
 
 def _obs(ids: list[str]) -> pd.DataFrame:
@@ -47,7 +42,7 @@ def scoped_case(n_seq: int = 20, *, scoped: bool = True):  # type: ignore[no-unt
     """``shm=mutated`` at residues 3-4 of every sequence (one instance each), in scope on residues 1-10; ``aa=A``
     (unscoped) at residue 1. f0 fires on every mutated residue and on residues 15-16, outside the scope; f1 fires on
     residue 1 and on residues 5-6 (in scope, unlabelled)."""
-    ids = _ids(n_seq)
+    ids = alternating_ids(n_seq)
     obs = _obs(ids)
     spans = pd.DataFrame({"sequence_id": ids * 2, "start": [3] * n_seq + [1] * n_seq, "end": [4] * n_seq + [1] * n_seq,
                           "concept": ["shm=mutated"] * n_seq + ["aa=A"] * n_seq})
@@ -156,7 +151,7 @@ def test_permutation_null_shifts_scopes_with_labels(monkeypatch: pytest.MonkeyPa
 def test_concat_subset_select_and_scope_checks() -> None:
     _, labels, *_ = scoped_case()
     n = labels.n_tokens
-    obs = _obs(_ids(20))
+    obs = _obs(alternating_ids(20))
     other = labels_from_spans(obs, pd.DataFrame({"sequence_id": [obs["sequence_id"].iloc[0]], "start": [2], "end": [2],
                                                  "concept": ["shm=other"]}))
     other = scope_labels(other, tokens=_in_scope(20), name="germline")
@@ -196,13 +191,13 @@ def test_probe_targets_are_nan_outside_the_groups_scope() -> None:
     from workbench.probes import sequence_targets, token_targets
 
     n_seq = 4
-    obs = _obs(_ids(n_seq))
+    obs = _obs(alternating_ids(n_seq))
     pos = obs["position"].to_numpy()
     # A two-valued group labelled on every token (as an inconsistent source might); only 1-10 is its scope.
     spans = pd.DataFrame({"sequence_id": obs["sequence_id"], "start": pos, "end": pos,
                           "concept": np.where(pos % 2 == 0, "shm=mutated", "shm=germline")})
-    seq_values = pd.DataFrame({"sequence_id": _ids(n_seq), "isotype": ["G", "M", "G", "A"]})
-    labels = labels_from_spans(obs, spans, sequence_ids=_ids(n_seq), sequence_values=seq_values)
+    seq_values = pd.DataFrame({"sequence_id": alternating_ids(n_seq), "isotype": ["G", "M", "G", "A"]})
+    labels = labels_from_spans(obs, spans, sequence_ids=alternating_ids(n_seq), sequence_values=seq_values)
     labels = ConceptLabels(labels.tokens, labels.instances, labels.token_concepts.assign(scope="germline"),
                            labels.sequences, labels.sequence_concepts.assign(scope="typed"),
                            {"germline": _in_scope(n_seq)}, {"typed": np.array([True, True, False, True])})

@@ -13,16 +13,11 @@ from workbench.associate import FeatureMatrix, associate, sequence_split
 from workbench.concepts import labels_from_spans, scope_labels
 from workbench.errors import InputError, WorkbenchError
 from workbench.verdicts import concept_verdicts
+from core_helpers import alternating_ids  # noqa: E402  (tests/core, on the path under pytest)
 
 N_SEQ, LENGTH = 80, 30
 
 
-def _ids(n: int) -> list[str]:
-    """``n`` ids alternating validation and test."""
-    cands = [f"s{i}" for i in range(20 * n)]
-    split = sequence_split(cands)
-    val, test = np.flatnonzero(split), np.flatnonzero(~split)
-    return [cands[int(i)] for pair in zip(val[: n // 2], test[: n // 2]) for i in pair]
 
 
 def _matrix(dense: np.ndarray, prefix: str) -> FeatureMatrix:
@@ -38,7 +33,7 @@ def case():  # type: ignore[no-untyped-def]
     activations), f1 the mutated residues (and 15-16, outside the scope), f2 fires at random. Neurons: u0 fires on
     the motif and on 40% of the other tokens at full strength, u1 on residues 1-4, u2 at random."""
     rng = np.random.default_rng(0)
-    ids = _ids(N_SEQ)
+    ids = alternating_ids(N_SEQ)
     is_val = sequence_split(ids)
     obs = pd.DataFrame({"sequence_id": np.repeat(ids, LENGTH), "position": np.tile(np.arange(1, LENGTH + 1), N_SEQ)})
     val_ids = [s for s, v in zip(ids, is_val) if v]

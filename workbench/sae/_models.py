@@ -116,6 +116,42 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("threshold", torch.zeros(()))
         if cfg.arch == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((w,), math.log(cfg.jumprelu_init_threshold)))
+        self.free_decoder_norm = False
+        """Training-time parametrisation (:meth:`start_free_norm`): the decoder's rows are directions ``W_dec /
+        ||W_dec||`` and every code is scaled by its row's norm; :meth:`fold_decoder_norm` returns to unit rows."""
+
+    # -- decoder-norm parametrisation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def start_free_norm(self, init_norm: float) -> None:
+        """Train with free decoder row norms (as SAELens's ``rescale_acts_by_decoder_norm``): the rows are scaled to
+        ``init_norm`` and the encoder set to their transpose, so the effective encoder starts at ``init_norm ** 2``
+        and both move ``1 / init_norm`` times faster in direction under Adam than unit rows would."""
+        self.W_dec.mul_(init_norm / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        self.W_enc.copy_(self.W_dec)
+        self.free_decoder_norm = True
+
+    @torch.no_grad()
+    def fold_decoder_norm(self) -> None:
+        """Fold the row norms into the encoder: the same codes and reconstructions with unit decoder rows, the form
+        every other part of the workbench reads (JumpReLU thresholds apply to the scaled codes, so they stay)."""
+        if not self.free_decoder_norm:
+            return
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-12)
+        self.W_enc.mul_(norms[:, None])
+        self.b_enc.mul_(norms)
+        self.W_dec.div_(norms[:, None])
+        self.free_decoder_norm = False
+
+    def _decoder(self) -> torch.Tensor:
+        """Decoder rows as used: the parameter, or its directions under the free-norm parametrisation."""
+        return self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12) if self.free_decoder_norm else self.W_dec
+
+    def _code_scale(self, cols: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-latent code scale under the free-norm parametrisation (the decoder row norms), else None."""
+        if not self.free_decoder_norm:
+            return None
+        norms = self.W_dec.norm(dim=1)
+        return norms if cols is None else norms[cols]
 
     # -- units ------------------------------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +162,9 @@ class SparseAutoencoder(nn.Module):
 
     def pre_acts(self, xn: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations of normalised inputs, ``(batch, width)``."""
-        return torch.addmm(self.b_enc, xn - self.b_dec, self.W_enc.t())
+        pre = torch.addmm(self.b_enc, xn - self.b_dec, self.W_enc.t())
+        scale = self._code_scale()
+        return pre if scale is None else pre * scale
 
     # -- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -142,7 +180,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Model-unit reconstruction of dense codes."""
-        return self.denormalize(codes @ self.W_dec + self.b_dec)
+        return self.denormalize(codes @ self._decoder() + self.b_dec)
 
     def _select(self, pre: torch.Tensor, *, training: bool) -> SparseCodes:
         """Active entries by the architecture's rule (values not yet differentiable)."""
@@ -199,12 +237,12 @@ class SparseAutoencoder(nn.Module):
             if cfg.arch == "relu":
                 codes_dense = torch.relu(pre)
                 # L1 weighted by decoder norms (they are kept at one, but the weighting keeps the loss honest).
-                sparsity = (codes_dense * self.W_dec.norm(dim=1)).sum(1).mean() * cfg.l1_coeff * sparsity_scale
+                sparsity = (codes_dense * self._decoder().norm(dim=1)).sum(1).mean() * cfg.l1_coeff * sparsity_scale
             else:
                 codes_dense = _JumpReLU.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth)
                 l0 = _JumpReLUStep.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth).sum(1).mean()
                 sparsity = l0 * cfg.l1_coeff * sparsity_scale
-            xn_hat = codes_dense @ self.W_dec + self.b_dec
+            xn_hat = codes_dense @ self._decoder() + self.b_dec
             with torch.no_grad():
                 rows, cols = (codes_dense > 0).nonzero(as_tuple=True)
             codes = SparseCodes(rows, cols, codes_dense.detach()[rows, cols], n)
@@ -217,22 +255,32 @@ class SparseAutoencoder(nn.Module):
                 pre = self.pre_acts(xn)
                 sel = self._select(pre, training=self.training)
             xc = xn - self.b_dec
-            vals = selected_preacts(xc, self.W_enc, self.b_enc, sel.rows, sel.cols, sel.values)
+            decoder = self._decoder()
+            vals = self._selected(xc, sel.rows, sel.cols, sel.values)
             codes = SparseCodes(sel.rows, sel.cols, vals.detach(), n)
             if cfg.arch == "matryoshka":
-                loss, mse, err = self._matryoshka_loss(xn, vals, sel)
+                loss, mse, err = self._matryoshka_loss(xn, vals, sel, decoder)
             else:
-                xn_hat = sparse_decode(vals, sel.rows, sel.cols, self.W_dec, n) + self.b_dec
+                xn_hat = sparse_decode(vals, sel.rows, sel.cols, decoder, n) + self.b_dec
                 err = xn_hat - xn
                 mse = err.pow(2).sum(1).mean()
                 loss = mse
             sparsity = zero
-            aux = self._aux_loss(pre, err.detach(), xc, dead, aux_k) if dead is not None and aux_k > 0 and aux_coeff > 0 else zero
+            aux = self._aux_loss(pre, err.detach(), xc, dead, aux_k, decoder) if dead is not None and aux_k > 0 and aux_coeff > 0 else zero
             loss = loss + aux_coeff * aux
         x_hat = self.denormalize(xn + err)
         return SAEOutput(x_hat, codes, loss, mse, sparsity, aux)
 
-    def _matryoshka_loss(self, xn: torch.Tensor, vals: torch.Tensor, sel: SparseCodes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _selected(self, xc: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Differentiable pre-activations at the selected entries (``values``: their numbers, already computed)."""
+        scale = self._code_scale(cols)
+        if scale is None:
+            return selected_preacts(xc, self.W_enc, self.b_enc, rows, cols, values)
+        raw = selected_preacts(xc, self.W_enc, self.b_enc, rows, cols, values / scale.detach())
+        return raw * scale
+
+    def _matryoshka_loss(self, xn: torch.Tensor, vals: torch.Tensor, sel: SparseCodes,
+                         decoder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sum of the reconstruction losses of every nested prefix of the dictionary (mean over prefixes)."""
         n = xn.shape[0]
         recon = self.b_dec.expand(n, -1)
@@ -240,13 +288,14 @@ class SparseAutoencoder(nn.Module):
         start = 0
         for end in self.cfg.matryoshka_groups:
             m = (sel.cols >= start) & (sel.cols < end)
-            recon = recon + sparse_decode(vals[m], sel.rows[m], sel.cols[m], self.W_dec, n)
+            recon = recon + sparse_decode(vals[m], sel.rows[m], sel.cols[m], decoder, n)
             losses.append((recon - xn).pow(2).sum(1).mean())
             start = end
         err = recon - xn
         return torch.stack(losses).mean(), losses[-1], err
 
-    def _aux_loss(self, pre: torch.Tensor, err: torch.Tensor, xc: torch.Tensor, dead: torch.Tensor, aux_k: int) -> torch.Tensor:
+    def _aux_loss(self, pre: torch.Tensor, err: torch.Tensor, xc: torch.Tensor, dead: torch.Tensor, aux_k: int,
+                  decoder: torch.Tensor) -> torch.Tensor:
         """AuxK (Gao et al. 2024): reconstruct the residual with the top dead latents, normalised by its variance."""
         n_dead = int(dead.sum())
         if n_dead == 0:
@@ -263,8 +312,8 @@ class SparseAutoencoder(nn.Module):
             rows, cols, values = rows[keep], cols[keep], vals[keep]
         if values.numel() == 0:
             return err.new_zeros(())
-        aux_vals = selected_preacts(xc, self.W_enc, self.b_enc, rows, cols, values)
-        err_hat = sparse_decode(aux_vals, rows, cols, self.W_dec, pre.shape[0])
+        aux_vals = self._selected(xc, rows, cols, values)
+        err_hat = sparse_decode(aux_vals, rows, cols, decoder, pre.shape[0])
         denom = (err - err.mean(0)).pow(2).sum(1).mean().clamp_min(1e-8)
         return (err_hat + err).pow(2).sum(1).mean() / denom  # err = x_hat - x, so the target residual is -err
 
@@ -272,11 +321,13 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
         """Drop the gradient component that would change decoder row norms (they stay on the unit sphere)."""
-        if self.W_dec.grad is not None:
+        if self.W_dec.grad is not None and not self.free_decoder_norm:
             w = self.W_dec
             self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
 
     @torch.no_grad()
     def project_decoder(self) -> None:
-        """Rescale decoder rows to unit norm."""
+        """Rescale decoder rows to unit norm (not under the free-norm parametrisation, where the norms are free)."""
+        if self.free_decoder_norm:
+            return
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)

@@ -164,6 +164,11 @@ def train_sae(
             )
         torch.manual_seed(train.seed)
         sae = SparseAutoencoder(cfg).to(device)
+        if train.decoder_norm == "free":
+            sae.start_free_norm(train.init_norm)
+        elif train.init_norm != 1.0:
+            with torch.no_grad():
+                sae.W_enc.mul_(train.init_norm)
         with torch.no_grad():
             if normalize:
                 sae.input_mean.copy_(stats.mean)
@@ -230,6 +235,7 @@ def train_sae(
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
+        sae.fold_decoder_norm()
         if cfg.arch in ("batchtopk", "matryoshka"):  # same sample on every rank, so every rank gets the same value
             sae.calibrate_threshold(stats.sample[:16384].to(device))
         sae.eval()

@@ -3,6 +3,11 @@
 The feature shown is, in order: a new ``?feature=f00042`` query parameter (links and bookmarks), the feature other
 pages selected (``st.session_state["feature"]``), else the first feature that fires. The query parameter is kept in
 step with the feature shown, so the address bar always bookmarks the current feature.
+
+Catalogs with description scores (:mod:`workbench.description_scores`: ``description_corr`` and friends in the
+feature table) add a "description correlation >=" filter: above 0 it keeps, in the list and the search results, the
+features whose description predicts their held-out activations at least that well, and lists them in a table.
+Catalogs without the scores show no filter.
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ PICK_ALL = "_fb_pick"
 PICK_HITS = "_fb_pick_hits"
 QUERY = "_fb_query"
 ALIGN = "_fb_align"
+MIN_CORR = "_fb_min_corr"
+_SCORE_COLUMNS = ["description_corr", "description_spearman", "description_detection", "description_f1"]
+_SCORE_CONFIG = {
+    "description_corr": ("description r", "Pearson correlation of the activation the description predicts with the "
+                         "real one, over the test sequences' tokens"),
+    "description_spearman": ("Spearman", "Rank correlation of predicted and real activation on the test tokens"),
+    "description_detection": ("detection", "Balanced accuracy of predicting where it fires from the description, "
+                              "test tokens (threshold chosen on the validation half)"),
+    "description_f1": ("detection F1", "F1 of the same detection"),
+}
 
 
 def _default_feature(cat: Any) -> str:
@@ -59,20 +74,53 @@ def _on_pick(key: str) -> None:
         select_feature(str(value))
 
 
+def _score_config() -> dict[str, Any]:
+    return {c: st.column_config.NumberColumn(label, help=help_, format="%.2f")
+            for c, (label, help_) in _SCORE_CONFIG.items()}
+
+
+def _min_corr(cat: Any, where: Any) -> float | None:
+    """The "description correlation >=" slider (catalogs with description scores only); None when off (0)."""
+    if "description_corr" not in cat.features.columns:
+        return None
+    value = where.slider("Description correlation ≥", min_value=0.0, max_value=1.0, value=0.0, step=0.05,
+                         key=MIN_CORR,
+                         help="Keep features whose description (top concept, region / IMGT / residue profile, built "
+                              "on the validation sequences) predicts their activations on the test sequences with at "
+                              "least this Pearson correlation. 0: no filter.")
+    return float(value) if value and value > 0 else None
+
+
+def _scores(cat: Any) -> Any:
+    """The feature table's description-score columns (those present), indexed by feature id."""
+    var = cat.features
+    return var[[c for c in _SCORE_COLUMNS if c in var.columns]]
+
+
 def _pick(cat: Any, fid: str) -> None:
-    """Search box, results table and the feature selectbox."""
+    """Search box, description-score filter, results table and the feature selectbox."""
     labels = views.feature_labels(cat)
     left, right = st.columns([2, 3])
     query = left.text_input("Search features", key=QUERY, placeholder="id (f00042, 42), concept (CDR3) or description words",
                             help="A feature id or number, part of a concept name (ranked by test F1), or words that all "
                                  "occur in the description.")
     query = (query or "").strip()
-    if not query:
+    min_corr = _min_corr(cat, left)
+    if not query and min_corr is None:
         st.session_state[PICK_ALL] = fid
         right.selectbox("Feature", list(labels), key=PICK_ALL, format_func=lambda f: labels.get(f, f),
                         on_change=_on_pick, args=(PICK_ALL,))
         return
+    if not query:
+        _filtered(cat, fid, min_corr, right)
+        return
     hits = views.cached_search(cat, query, limit=50)
+    if min_corr is not None:
+        scores = _scores(cat)
+        hits = hits.join(scores, on="feature")
+        hits = hits[hits["description_corr"].to_numpy(dtype=np.float64) >= min_corr].reset_index(drop=True)
+    elif "description_corr" in cat.features.columns:
+        hits = hits.join(_scores(cat)[["description_corr"]], on="feature")
     if hits.empty:
         right.selectbox("Feature (search results)", [], key=PICK_HITS, placeholder="no match")
         st.info(f"No feature matches {query!r}.")
@@ -84,7 +132,34 @@ def _pick(cat: Any, fid: str) -> None:
                     placeholder="pick a result")
     with st.expander(f"Search results for {query!r}", expanded=True):
         st.dataframe(hits, hide_index=True, width="stretch",
-                     column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f")})
+                     column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
+                                    **_score_config()})
+
+
+def _filtered(cat: Any, fid: str, min_corr: float, right: Any) -> None:
+    """Without a query but with the description filter on: the features that pass it, as a selectbox and a table."""
+    labels = views.feature_labels(cat)
+    var = cat.features
+    scores = _scores(cat)
+    keep = scores[scores["description_corr"].to_numpy(dtype=np.float64) >= min_corr]
+    keep = keep.sort_values("description_corr", ascending=False, kind="stable")
+    options = [str(f) for f in keep.index]
+    if not options:
+        right.selectbox("Feature (filtered)", [], key=PICK_HITS, placeholder="no match")
+        st.info(f"No feature's description reaches a held-out correlation of {min_corr:.2f}.")
+        return
+    st.session_state[PICK_HITS] = fid if fid in options else None
+    right.selectbox(f"Feature ({len(options)} with description r ≥ {min_corr:.2f})", options, key=PICK_HITS,
+                    format_func=lambda f: labels.get(f, f), on_change=_on_pick, args=(PICK_HITS,),
+                    placeholder="pick a feature")
+    import pandas as pd
+
+    table = pd.DataFrame({"feature": options, "description": var.loc[keep.index, "description"].astype(str).to_numpy()})
+    for col in keep.columns:
+        table[col] = keep[col].to_numpy(dtype=np.float64)
+    with st.expander(f"Features whose description predicts held-out activations (r ≥ {min_corr:.2f}): "
+                     f"{len(options)} of {len(var)}", expanded=True):
+        st.dataframe(table, hide_index=True, width="stretch", column_config=_score_config())
 
 
 def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
@@ -93,6 +168,17 @@ def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
     st.markdown(f"**Description:** {views.md_escape(desc if not views.is_missing(desc) else 'none')}")
     if not views.is_missing(info.get("profile")):
         st.caption(f"Activation profile: {views.md_escape(info['profile'])}")
+    if "description_corr" in info or "description_detection" in info:
+        if views.is_missing(info.get("description_detection")):
+            st.caption("Description score: none (no description from the validation sequences, or no activation on "
+                       "the test sequences).")
+        else:
+            st.caption(
+                f"Description score on held-out sequences: predicted vs real activation r "
+                f"{views.fmt_num(info.get('description_corr'), digits=2)} (Spearman "
+                f"{views.fmt_num(info.get('description_spearman'), digits=2)}); detection balanced accuracy "
+                f"{views.fmt_num(info.get('description_detection'), digits=2)}, F1 "
+                f"{views.fmt_num(info.get('description_f1'), digits=2)}.")
     n_seq = cat.summary.get("n_sequences") or len(cat.sequences)
     top = info.get("top_concept")
     if views.is_missing(top):

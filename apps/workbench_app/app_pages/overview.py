@@ -128,6 +128,12 @@ def _captured(cat: Any) -> None:
     st.caption(f"A concept is captured by a set of units when one of them reaches test F1 > {f1} on it (the unit is "
                "chosen on the validation half). Neurons are the model's raw dimensions; the random control is an SAE "
                "trained on a random-weight copy of the model. Details per concept: Concept explorer.")
+    scores = summary.get("description_corr_above_0_5")  # workbench.description_scores; older catalogs lack it
+    if isinstance(scores, dict) and scores:
+        names = {"sae": "SAE", "neurons": "neurons", "random": "random-weight control", "shuffled": "shuffled descriptions"}
+        shown = "; ".join(f"{names.get(k, k)} {100 * float(v):.0f}%" for k, v in scores.items()
+                          if not views.is_missing(v))
+        st.markdown(f"**Descriptions that predict held-out activations** (r > 0.5, test sequences): {shown}")
 
 
 def _density_frame(cat: Any, source: str) -> tuple[Any, int, str]:
