@@ -170,9 +170,21 @@ def main() -> None:
             fh.write("\n" + text)
 
 
-def _levels(run: str) -> dict[str, float]:
+def _parents(run: str) -> str:
     q = json.loads((OUT / "runs" / run / "quality.json").read_text())
-    return {r["level"]: r["absorption_rate"] for r in q["absorption_levels"]}
+    levels = [f"{r['n_parents']} {r['level']}" for r in q["absorption_levels"]]
+    return f"{len(q['absorption'])} parents: " + ", ".join(levels)
+
+
+def _levels(run: str) -> dict[str, float]:
+    """Absorption rate per level, and the main latents' mean held-out recall and precision over the parents."""
+    q = json.loads((OUT / "runs" / run / "quality.json").read_text())
+    out = {r["level"]: r["absorption_rate"] for r in q["absorption_levels"]}
+    parents = [r for r in q["absorption"] if r["absorption_rate"] == r["absorption_rate"]]  # not NaN
+    for key in ("main_recall", "main_precision"):
+        values = [r[key] for r in parents if r[key] == r[key]]
+        out[key] = sum(values) / len(values) if values else float("nan")
+    return out
 
 
 def report(table, chosen, args, wall: float, threads: int) -> str:  # type: ignore[no-untyped-def]
@@ -194,9 +206,12 @@ def report(table, chosen, args, wall: float, threads: int) -> str:  # type: igno
         "acids; F1 on balanced held-out draws (≤ 5,000 tokens per class), mean over concepts. Absorption hierarchy "
         "inferred by `hierarchy_from_labels(labels)` (region > chain_region / IMGT positions; 99% co-occurrence), "
         "rate = parent held-out tokens where the main (k=1) latent is silent and a descendant-specific latent fires, "
-        "mean over parents; full = share inside children absorbed ≥ 90%; decoder alignment condition on.\n",
-        "| arch | target L0 | achieved L0 | l1_coeff | FVE | dead % | loss rec. | probe F1 k=1 | k=2 | k=5 | k=20 | absorption rate | full absorption | abs. region | abs. chain_region |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "mean over parents; full = share inside children absorbed ≥ 90%; decoder alignment condition on; per level "
+        f"({_parents(table['run'].iloc[0])}) and the main latents' held-out recall / precision on their parent, mean "
+        "over parents.\n",
+        "| arch | target L0 | achieved L0 | l1_coeff | FVE | dead % | loss rec. | probe F1 k=1 | k=2 | k=5 | k=20 | "
+        "absorption rate | full absorption | abs. region | abs. chain_region | main recall | main precision |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table.itertuples(index=False):
         lv = _levels(r.run)
@@ -204,7 +219,7 @@ def report(table, chosen, args, wall: float, threads: int) -> str:  # type: igno
             f"| {r.arch} | {r.target_l0} | {r.l0:.1f} | {f(r.l1_coeff, 'g') if pd.notna(r.l1_coeff) else '-'} | {r.fve:.3f} | "
             f"{r.dead_fraction:.1%} | {f(r.loss_recovered)} | {r.probe_f1_k1:.3f} | {r.probe_f1_k2:.3f} | {r.probe_f1_k5:.3f} | "
             f"{r.probe_f1_k20:.3f} | {r.absorption_rate:.3f} | {r.absorption_full:.3f} | {f(lv.get('region'))} | "
-            f"{f(lv.get('chain_region'))} |"
+            f"{f(lv.get('chain_region'))} | {f(lv.get('main_recall'))} | {f(lv.get('main_precision'))} |"
         )
     for a, picks in chosen.items():
         tried = json.loads((OUT / f"calibration_{a}.json").read_text())

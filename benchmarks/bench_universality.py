@@ -217,7 +217,7 @@ def main(paths: dict, *, n_tokens: int, n_null: int, write: bool, reuse: bool, r
 
     # ---------------------------------------------------------------------------------------------- report
     today = dt.date.today().isoformat()
-    lines = [f"## Cross-model universality of SAE features (issue 13, {today})", "",
+    lines = [f"## {today} — bench_universality (issue 13, part 2: cross-model universality of SAE features)", "",
              f"Machine: {cpu_model()}, {os.cpu_count()} cores (shared with other jobs). `benchmarks/bench_universality.py`;"
              " outputs under `benchmarks/out/universality/` (per-feature CSVs, the three comparisons stored in a copy"
              " of the demo catalog for the app's Universality page).", "",
