@@ -331,7 +331,6 @@ def _universality(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    import subprocess
     from pathlib import Path
 
     from workbench.catalog import Catalog
@@ -353,8 +352,9 @@ def _app(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), "--server.port", str(args.port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
                "--", "--catalog", str(path.resolve())]
-    print(f"serving {path} on http://localhost:{args.port}")
-    return subprocess.call(command)
+    print(f"serving {path} on http://localhost:{args.port}", flush=True)
+    # Streamlit replaces this process (no child left behind): a stop signal sent to `workbench app` reaches the server.
+    os.execv(sys.executable, command)
 
 
 def _annotate(args: argparse.Namespace) -> int:
