@@ -19,18 +19,11 @@ from workbench.errors import InputError
 from workbench.sae import TrainConfig, sweep
 from workbench.sae._sweep import run_quality
 from workbench.sae_eval import QUALITY_COLUMNS, absorption, hierarchy_from_labels, plot_sweep, sae_quality, sparse_probing
+from core_helpers import alternating_ids  # noqa: E402  (tests/core, on the path under pytest)
 
 N_SEQ, LENGTH = 200, 30
 P_START, P_END = 6, 20  # parent region=P (1-based, inclusive); sub=C1 is its first L1 residues, sub=C2 the rest
 HIER = {"region=P": ["sub=C1", "sub=C2"], "sub=C2": ["pos=14"]}
-
-
-def _ids(n: int) -> list[str]:
-    """``n`` ids alternating training (validation) and test halves."""
-    cands = [f"s{i}" for i in range(20 * n)]
-    split = sequence_split(cands)
-    val, test = np.flatnonzero(split), np.flatnonzero(~split)
-    return [cands[int(i)] for pair in zip(val[: n // 2], test[: n // 2]) for i in pair]
 
 
 @lru_cache(maxsize=None)
@@ -39,7 +32,7 @@ def case():  # type: ignore[no-untyped-def]
     rest of P), pos=N at every residue, x=X = residues 2-4 and 23-26, edge=E at residue 10 in every sequence and
     at residue 1 in 3 sequences. Regions are scoped to residues 2-29."""
     rng = np.random.default_rng(0)
-    ids = _ids(N_SEQ)
+    ids = alternating_ids(N_SEQ)
     l1 = rng.integers(2, 7, N_SEQ)
     obs = pd.DataFrame({"sequence_id": np.repeat(ids, LENGTH), "position": np.tile(np.arange(1, LENGTH + 1), N_SEQ)})
     spans = []
