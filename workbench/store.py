@@ -172,6 +172,8 @@ class ActivationStore:
         dtype: str = "float32",
         split: str | None = None,
         holdout_fraction: float = 0.05,
+        device: str | None = None,
+        prefetch: int = 0,
     ) -> Iterator[torch.Tensor | np.ndarray]:
         """Stream ``(batch_size, d_model)`` token batches of ``layer``.
 
@@ -180,10 +182,17 @@ class ActivationStore:
         ``world_size`` give each distributed worker a disjoint part: whole shards when there are enough of them,
         otherwise every ``world_size``-th token of each shard. ``split`` (``"train"`` or ``"test"``) keeps only
         the tokens of sequences on that side of :meth:`split_mask`.
+
+        ``device`` (torch tensors only): each buffer is copied to that device once, in the store's dtype (from pinned
+        memory, without blocking, on CUDA), and the split selection, the cast to ``dtype``, the shuffle and the
+        batching run there, so the host only reads shards. ``prefetch``: a background thread reads up to that many
+        buffers ahead. Neither changes the batches: the same rows in the same order as the default host path.
         """
         self._check_layer(layer)
         if batch_size < 1:
             raise StoreError("batch_size must be at least 1")
+        if device is not None and not as_torch:
+            raise StoreError("device= needs as_torch=True")
         rng = np.random.default_rng(seed)
         order = np.arange(len(self.shards))
         if shuffle:
@@ -191,15 +200,47 @@ class ActivationStore:
         by_shard = len(order) >= world_size
         if by_shard:
             order = order[rank::world_size]
-        leftover = np.empty((0, self.d_model), dtype=dtype)
-        for start in range(0, len(order), max(1, buffer_shards)):
-            chunk = []
-            for i in order[start : start + buffer_shards]:
+        groups = [order[start : start + max(1, buffer_shards)] for start in range(0, len(order), max(1, buffer_shards))]
+        reads = self._read_buffers(groups, layer, split, holdout_fraction, rank, world_size, by_shard,
+                                   pin=device is not None and str(device).startswith("cuda"))
+        if prefetch > 0:
+            from workbench._prefetch import prefetch as run_ahead
+
+            reads = run_ahead(reads, prefetch, name="workbench-store-reader")
+        try:
+            if device is None:
+                yield from self._host_batches(reads, batch_size, rng, shuffle, drop_last, as_torch, dtype)
+            else:
+                yield from self._device_batches(reads, batch_size, rng, shuffle, drop_last, dtype, device)
+        finally:
+            reads.close()  # type: ignore[attr-defined]  # stops a reader thread at once
+
+    def _read_buffers(self, groups: list[np.ndarray], layer: int, split: str | None, holdout_fraction: float, rank: int,
+                      world_size: int, by_shard: bool, *, pin: bool) -> Iterator[list[tuple[Any, np.ndarray | None]]]:
+        """Per buffer, the shards' rows as ``(array, rows)``: ``rows`` (or None: all) selects the tokens that belong
+        to this split and rank. With ``pin`` the arrays are whole shards read into pinned torch tensors."""
+        for group in groups:
+            parts: list[tuple[Any, np.ndarray | None]] = []
+            for i in group:
                 arr = self.shard_activations(int(i), layer)
-                rows = np.arange(len(arr)) if split is None else np.flatnonzero(self.split_mask(int(i), split, holdout_fraction))
+                rows = None if split is None else np.flatnonzero(self.split_mask(int(i), split, holdout_fraction))
                 if not by_shard:
-                    rows = rows[rank::world_size]
-                chunk.append(np.asarray(arr[rows] if split is not None or not by_shard else arr, dtype=dtype))
+                    rows = (np.arange(len(arr)) if rows is None else rows)[rank::world_size]
+                if pin:
+                    import torch
+
+                    host = torch.empty(arr.shape, dtype=getattr(torch, arr.dtype.name), pin_memory=True)
+                    host.numpy()[...] = arr
+                    parts.append((host, rows))
+                else:
+                    parts.append((arr, rows))
+            yield parts
+
+    def _host_batches(self, reads: Iterator[list[tuple[Any, np.ndarray | None]]], batch_size: int, rng: np.random.Generator,
+                      shuffle: bool, drop_last: bool, as_torch: bool, dtype: str) -> Iterator[torch.Tensor | np.ndarray]:
+        leftover = np.empty((0, self.d_model), dtype=dtype)
+        for parts in reads:
+            chunk = [np.asarray(arr if rows is None else arr[rows], dtype=dtype) for arr, rows in parts]
             buf = np.concatenate([leftover, *chunk])
             if shuffle:
                 buf = buf[rng.permutation(len(buf))]
@@ -209,6 +250,31 @@ class ActivationStore:
             leftover = buf[n_full:]
         if len(leftover) and not drop_last:
             yield self._out(leftover, as_torch)
+
+    def _device_batches(self, reads: Iterator[list[tuple[Any, np.ndarray | None]]], batch_size: int, rng: np.random.Generator,
+                        shuffle: bool, drop_last: bool, dtype: str, device: str) -> Iterator[torch.Tensor]:
+        import torch
+
+        target = getattr(torch, np.dtype(dtype).name)
+        blocking = not str(device).startswith("cuda")
+        leftover = torch.empty((0, self.d_model), dtype=target, device=device)
+        for parts in reads:
+            chunk = []
+            for arr, rows in parts:
+                t = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(np.require(arr, requirements=["C", "W"]))
+                t = t.to(device, non_blocking=not blocking)
+                if rows is not None:
+                    t = t.index_select(0, torch.from_numpy(np.ascontiguousarray(rows)).to(device, non_blocking=not blocking))
+                chunk.append(t.to(target))
+            buf = torch.cat([leftover, *chunk])
+            if shuffle:
+                buf = buf.index_select(0, torch.from_numpy(rng.permutation(len(buf))).to(device, non_blocking=not blocking))
+            n_full = len(buf) // batch_size * batch_size
+            for j in range(0, n_full, batch_size):
+                yield buf[j : j + batch_size]
+            leftover = buf[n_full:]
+        if len(leftover) and not drop_last:
+            yield leftover
 
     @staticmethod
     def _out(arr: np.ndarray, as_torch: bool) -> torch.Tensor | np.ndarray:

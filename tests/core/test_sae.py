@@ -212,7 +212,7 @@ def test_resume_after_kill_matches_uninterrupted(store, tmp_path: Path, monkeypa
 
     def killed_after_second_checkpoint(*args, **kwargs):  # type: ignore[no-untyped-def]
         real(*args, **kwargs)
-        calls.append(args[4])
+        calls.append(args[1])
         if len(calls) == 2:
             raise KeyboardInterrupt
 

@@ -7,9 +7,9 @@ from ._io import load_sae, save_sae
 from ._metrics import evaluate, fidelity, loss_recovered
 from ._models import SAEOutput, SparseAutoencoder, SparseCodes
 from ._sweep import sweep
-from ._train import TrainResult, input_statistics, train_sae
+from ._train import RunSpec, TrainResult, input_statistics, train_sae, train_saes
 
 __all__ = [
     "ARCHITECTURES", "SAEConfig", "TrainConfig", "SparseAutoencoder", "SAEOutput", "SparseCodes",
-    "train_sae", "TrainResult", "input_statistics", "load_sae", "save_sae", "evaluate", "fidelity", "loss_recovered", "sweep",
+    "train_sae", "train_saes", "RunSpec", "TrainResult", "input_statistics", "load_sae", "save_sae", "evaluate", "fidelity", "loss_recovered", "sweep",
 ]

@@ -7,10 +7,12 @@ from typing import Any, Literal
 
 from workbench.errors import WorkbenchError
 
-__all__ = ["SAEConfig", "TrainConfig", "ARCHITECTURES", "Architecture"]
+__all__ = ["SAEConfig", "TrainConfig", "ARCHITECTURES", "Architecture", "PRECISIONS", "KERNELS"]
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
 ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+KERNELS: tuple[str, ...] = ("auto", "sparse", "dense")
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -126,6 +128,20 @@ class TrainConfig:
     """Held-out tokens for the fidelity metrics."""
     loss_recovered_sequences: int = 64
     """Held-out sequences for the loss-recovered metric (0 skips it)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Arithmetic of the matrix products: ``bf16`` runs the forward pass under ``torch.autocast`` in bfloat16 while
+    the weights, Adam's moments, the loss and its reductions stay float32; ``fp32`` throughout; ``auto``: bf16 on
+    CUDA, fp32 elsewhere (the CPU's bf16 products are slower than its float32 ones)."""
+    kernels: Literal["auto", "sparse", "dense"] = "auto"
+    """TopK family: ``sparse`` computes only the encoder's forward product densely and everything else on the
+    ``batch x k`` active entries (fastest on the CPU); ``dense`` scatters the codes into a ``batch x width`` matrix
+    and uses dense products, which GPUs run near their peak; ``auto``: dense on CUDA, sparse elsewhere. Both give the
+    same values and gradients up to rounding. ReLU and JumpReLU are dense either way."""
+    compile: bool = False
+    """Run the training forward through ``torch.compile`` (dense kernels only; on the CPU it needs a C++ compiler).
+    The first steps then include the compilation."""
+    prefetch: int = 2
+    """Store buffers read ahead by a background thread so the step never waits on disk (0: read in the loop)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.n_tokens < self.batch_size:
@@ -138,6 +154,31 @@ class TrainConfig:
             raise WorkbenchError(f"decoder_norm must be 'unit' or 'free', not {self.decoder_norm!r}")
         if not self.init_norm > 0:
             raise WorkbenchError(f"init_norm must be positive, not {self.init_norm}")
+        if self.precision not in PRECISIONS:
+            raise WorkbenchError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.kernels not in KERNELS:
+            raise WorkbenchError(f"kernels must be one of {', '.join(KERNELS)}, not {self.kernels!r}")
+        if self.prefetch < 0:
+            raise WorkbenchError(f"prefetch must be 0 or more, not {self.prefetch}")
+
+    def runtime(self, device: str, arch: str = "topk") -> dict[str, Any]:
+        """``precision`` and ``kernels`` with ``auto`` resolved for ``device``, and ``compile`` checked against them
+        (the TopK family compiles only with dense kernels; ReLU and JumpReLU always can)."""
+        cuda = str(device).startswith("cuda")
+        precision = self.precision if self.precision != "auto" else ("bf16" if cuda else "fp32")
+        kernels = self.kernels if self.kernels != "auto" else ("dense" if cuda else "sparse")
+        if self.compile and kernels != "dense" and arch not in ("relu", "jumprelu"):
+            raise WorkbenchError("compile=True needs dense kernels (kernels='dense', or 'auto' on CUDA): the sparse "
+                                 "kernels change shape every step")
+        return {"device": str(device), "precision": precision, "kernels": kernels, "compile": self.compile}
+
+    def same_settings(self, saved: dict[str, Any]) -> bool:
+        """Whether ``saved`` (a ``to_dict`` of an earlier run, perhaps from before a field existed: missing fields
+        take their defaults) describes the same training settings as this config."""
+        try:
+            return TrainConfig.from_dict(saved).to_dict() == self.to_dict()
+        except (WorkbenchError, TypeError):
+            return False
 
     @property
     def steps(self) -> int:

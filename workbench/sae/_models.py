@@ -39,8 +39,9 @@ class SAEOutput(NamedTuple):
 
     x_hat: torch.Tensor
     """Reconstruction in the model's units, ``(batch, d_in)``."""
-    codes: SparseCodes
-    """Active latents (values in normalised units)."""
+    codes: SparseCodes | None
+    """Active latents (values in normalised units); ``None`` when :meth:`SparseAutoencoder.forward` was called with
+    ``codes=False`` (listing them needs a host-device synchronisation, which the GPU training loop avoids)."""
     loss: torch.Tensor
     """Total training loss."""
     mse: torch.Tensor
@@ -49,6 +50,10 @@ class SAEOutput(NamedTuple):
     """Sparsity penalty (L1 for ``relu``, L0 for ``jumprelu``; zero otherwise)."""
     aux: torch.Tensor
     """AuxK loss on dead latents (zero when none are dead or it is disabled)."""
+    fired: torch.Tensor
+    """Boolean ``(width,)``: the latents active on at least one token of the batch."""
+    l0: torch.Tensor
+    """Mean number of active latents per token (a 0-dim tensor, left on the device)."""
 
 
 def _log_threshold_grad(z: torch.Tensor, theta: torch.Tensor, eps: float, grad: torch.Tensor, height: torch.Tensor | float) -> torch.Tensor:
@@ -222,54 +227,123 @@ class SparseAutoencoder(nn.Module):
         return float(self.threshold)
 
     # -- training ------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, *, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None, aux_k: int = 0, aux_coeff: float = 0.0) -> SAEOutput:
+    def forward(self, x: torch.Tensor, *, sparsity_scale: float | torch.Tensor = 1.0, dead: torch.Tensor | None = None,
+                aux_k: int = 0, aux_coeff: float = 0.0, kernels: str = "sparse", codes: bool = True) -> SAEOutput:
         """Reconstruct ``x`` (model units) and compute the loss terms.
 
         ``sparsity_scale`` ramps the L1 / L0 penalty during warm-up; ``dead`` (bool, ``(width,)``) marks the
-        latents the AuxK loss may use, up to ``aux_k`` per token.
+        latents the AuxK loss may use, up to ``aux_k`` per token. ``kernels`` (TopK family): ``sparse`` decodes and
+        back-propagates through the active entries only; ``dense`` scatters the codes into a ``batch x width`` matrix
+        and uses dense matrix products (the same values and gradients; what GPUs run fastest). ``codes=False`` skips
+        listing the active entries (:attr:`SAEOutput.codes` is then None), so nothing waits for the device.
         """
         cfg = self.cfg
         xn = self.normalize(x)
+        if cfg.arch in ("relu", "jumprelu"):
+            return self._forward_dense_activation(x, xn, sparsity_scale, codes)
+        if kernels == "dense":
+            return self._forward_dense_topk(xn, dead, aux_k, aux_coeff, codes)
+        if kernels != "sparse":
+            raise ValueError(f"kernels must be 'sparse' or 'dense', not {kernels!r}")
         n = xn.shape[0]
         zero = xn.new_zeros(())
-        if cfg.arch in ("relu", "jumprelu"):
+        with torch.no_grad():
             pre = self.pre_acts(xn)
-            if cfg.arch == "relu":
-                codes_dense = torch.relu(pre)
-                # L1 weighted by decoder norms (they are kept at one, but the weighting keeps the loss honest).
-                sparsity = (codes_dense * self._decoder().norm(dim=1)).sum(1).mean() * cfg.l1_coeff * sparsity_scale
-            else:
-                codes_dense = _JumpReLU.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth)
-                l0 = _JumpReLUStep.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth).sum(1).mean()
-                sparsity = l0 * cfg.l1_coeff * sparsity_scale
-            xn_hat = codes_dense @ self._decoder() + self.b_dec
-            with torch.no_grad():
-                rows, cols = (codes_dense > 0).nonzero(as_tuple=True)
-            codes = SparseCodes(rows, cols, codes_dense.detach()[rows, cols], n)
+            sel = self._select(pre, training=self.training)
+        xc = xn - self.b_dec
+        decoder = self._decoder()
+        vals = self._selected(xc, sel.rows, sel.cols, sel.values)
+        active = SparseCodes(sel.rows, sel.cols, vals.detach(), n)
+        if cfg.arch == "matryoshka":
+            loss, mse, err = self._matryoshka_loss(xn, vals, sel, decoder)
+        else:
+            xn_hat = sparse_decode(vals, sel.rows, sel.cols, decoder, n) + self.b_dec
             err = xn_hat - xn
             mse = err.pow(2).sum(1).mean()
-            aux = zero
-            loss = mse + sparsity
+            loss = mse
+        aux = self._aux_loss(pre, err.detach(), xc, dead, aux_k, decoder) if dead is not None and aux_k > 0 and aux_coeff > 0 else zero
+        loss = loss + aux_coeff * aux
+        fired = torch.zeros(cfg.width, dtype=torch.bool, device=xn.device)
+        fired[sel.cols] = True
+        l0 = torch.tensor(len(sel.cols) / max(n, 1), device=xn.device)
+        return SAEOutput(self.denormalize(xn + err), active if codes else None, loss, mse, zero, aux, fired, l0)
+
+    def _forward_dense_activation(self, x: torch.Tensor, xn: torch.Tensor, sparsity_scale: float | torch.Tensor,
+                                  codes: bool) -> SAEOutput:
+        """ReLU and JumpReLU: every latent is computed, so the codes are a dense matrix either way."""
+        cfg = self.cfg
+        pre = self.pre_acts(xn)
+        if cfg.arch == "relu":
+            codes_dense = torch.relu(pre)
+            # L1 weighted by decoder norms (they are kept at one, but the weighting keeps the loss honest).
+            sparsity = (codes_dense * self._decoder().norm(dim=1)).sum(1).mean() * cfg.l1_coeff * sparsity_scale
         else:
-            with torch.no_grad():
-                pre = self.pre_acts(xn)
-                sel = self._select(pre, training=self.training)
-            xc = xn - self.b_dec
-            decoder = self._decoder()
-            vals = self._selected(xc, sel.rows, sel.cols, sel.values)
-            codes = SparseCodes(sel.rows, sel.cols, vals.detach(), n)
-            if cfg.arch == "matryoshka":
-                loss, mse, err = self._matryoshka_loss(xn, vals, sel, decoder)
-            else:
-                xn_hat = sparse_decode(vals, sel.rows, sel.cols, decoder, n) + self.b_dec
-                err = xn_hat - xn
-                mse = err.pow(2).sum(1).mean()
-                loss = mse
-            sparsity = zero
-            aux = self._aux_loss(pre, err.detach(), xc, dead, aux_k, decoder) if dead is not None and aux_k > 0 and aux_coeff > 0 else zero
+            codes_dense = _JumpReLU.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth)
+            l0_soft = _JumpReLUStep.apply(pre, self.log_threshold, cfg.jumprelu_bandwidth).sum(1).mean()
+            sparsity = l0_soft * cfg.l1_coeff * sparsity_scale
+        xn_hat = codes_dense @ self._decoder() + self.b_dec
+        active = codes_dense.detach() > 0
+        listed = None
+        if codes:
+            rows, cols = active.nonzero(as_tuple=True)
+            listed = SparseCodes(rows, cols, codes_dense.detach()[rows, cols], xn.shape[0])
+        err = xn_hat - xn
+        mse = err.pow(2).sum(1).mean()
+        return SAEOutput(self.denormalize(xn + err), listed, mse + sparsity, mse, sparsity, xn.new_zeros(()),
+                         active.any(0), active.sum(1).float().mean())
+
+    def _forward_dense_topk(self, xn: torch.Tensor, dead: torch.Tensor | None, aux_k: int, aux_coeff: float,
+                            codes: bool) -> SAEOutput:
+        """The TopK family with dense products: the same selection, values and gradients as the sparse kernels,
+        but codes scattered into a ``batch x width`` matrix (under autocast, the products run in its dtype)."""
+        cfg = self.cfg
+        n, w = xn.shape[0], cfg.width
+        pre = self.pre_acts(xn)
+        if cfg.arch == "topk":
+            vals, idx = pre.topk(cfg.k, dim=1, sorted=False)
+            z = torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+        elif self.training:  # batchtopk, matryoshka: the k * n largest pre-activations of the batch
+            flat_vals, flat_idx = pre.flatten().topk(min(cfg.k * n, pre.numel()), sorted=False)
+            z = torch.zeros_like(pre).flatten().scatter(0, flat_idx, torch.relu(flat_vals)).view(n, w)
+        else:
+            z = pre * (pre > self.threshold)
+        decoder = self._decoder()
+        if cfg.arch == "matryoshka":
+            recon = self.b_dec.expand(n, -1)
+            losses, start = [], 0
+            for end in cfg.matryoshka_groups:
+                recon = recon + z[:, start:end] @ decoder[start:end]
+                losses.append((recon - xn).pow(2).sum(1).mean())
+                start = end
+            err = recon - xn
+            loss, mse = torch.stack(losses).mean(), losses[-1]
+        else:
+            err = z @ decoder + self.b_dec - xn
+            mse = err.pow(2).sum(1).mean()
+            loss = mse
+        zero = xn.new_zeros(())
+        aux = zero
+        if dead is not None and aux_k > 0 and aux_coeff > 0:
+            aux = self._aux_loss_dense(pre, err.detach(), dead, min(aux_k, w), decoder)
             loss = loss + aux_coeff * aux
-        x_hat = self.denormalize(xn + err)
-        return SAEOutput(x_hat, codes, loss, mse, sparsity, aux)
+        active = z.detach() > 0
+        listed = None
+        if codes:
+            rows, cols = active.nonzero(as_tuple=True)
+            listed = SparseCodes(rows, cols, z.detach()[rows, cols].float(), n)
+        return SAEOutput(self.denormalize(xn + err), listed, loss, mse, zero, aux, active.any(0), active.sum(1).float().mean())
+
+    @staticmethod
+    def _aux_loss_dense(pre: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, k: int, decoder: torch.Tensor) -> torch.Tensor:
+        """AuxK as :meth:`_aux_loss`, without a host synchronisation: the top ``k`` of the dead latents' positive
+        pre-activations (live latents masked to -inf, so they never count), decoded densely; zero when none fire."""
+        with torch.no_grad():
+            vals, idx = pre.detach().masked_fill(~dead, float("-inf")).topk(k, dim=1, sorted=False)
+            keep = vals > 0
+        aux_vals = pre.gather(1, idx) * keep
+        err_hat = torch.zeros_like(pre).scatter(1, idx, aux_vals) @ decoder
+        denom = (err - err.mean(0)).pow(2).sum(1).mean().clamp_min(1e-8)
+        return (err_hat + err).pow(2).sum(1).mean() / denom * keep.any()
 
     def _selected(self, xc: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Differentiable pre-activations at the selected entries (``values``: their numbers, already computed)."""

@@ -37,8 +37,13 @@ def sweep(
     labels: ConceptLabels | None = None,
     quality: dict[str, Any] | None = None,
     progress: bool = True,
+    one_pass: bool = False,
+    device: str = "cpu",
 ) -> Any:
     """Train one dictionary per combination into ``out/<run>`` and write ``out/sweep.csv``.
+
+    With ``one_pass`` the runs still to train are trained together by :func:`~workbench.sae.train_saes`: each batch
+    is read from the store once and given to every run (each run's result is the same as training it alone).
 
     ``k`` applies to the TopK family, ``l1_coeff`` to ``relu`` and ``jumprelu`` (a list of coefficients traces
     their L0 range; every row records the achieved held-out ``l0``). Runs already finished in ``out`` are reused, so
@@ -53,7 +58,7 @@ def sweep(
 
     import pandas as pd
 
-    from ._train import train_sae
+    from ._train import RunSpec, train_sae, train_saes
 
     store = store if isinstance(store, ActivationStore) else open_store(store)
     out = Path(out)
@@ -63,25 +68,35 @@ def sweep(
 
         raise InputError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     digest = _quality_digest(labels, quality or {}) if labels is not None else ""
-    rows = []
+    train = train or TrainConfig()
+    plan = []
     for a, w in itertools.product(arch, width):
         knobs = [("k", v) for v in k] if a in ("topk", "batchtopk", "matryoshka") else [("l1_coeff", v) for v in (l1_coeff or [None])]
         for name, value in knobs:
             run = out / f"{a}_w{w}_{name}{value if value is not None else 'default'}"
             options: dict[str, Any] = {name: value} if value is not None else {}
-            if not _finished_with(run, train or TrainConfig(), store):
-                train_sae(store, out=run, layer=layer, arch=a, width=w, train=train, progress=progress, overwrite=True, **options)
-            m = json.loads((run / "metrics.json").read_text())
-            lr = m.get("loss_recovered", {})
-            row = {
-                "run": run.name, "arch": a, "width": w, "k": options.get("k"), "l1_coeff": options.get("l1_coeff"),
-                "fve": m["fve"], "l0": m["l0"], "dead_fraction": m["dead_fraction"], "mse": m["mse"],
-                "loss_recovered": lr.get("loss_recovered"), "ce_increase": lr.get("ce_increase"),
-                "train_tokens_per_s": m.get("train_tokens_per_s"),
-            }
-            if labels is not None:
-                row.update(run_quality(store, run, labels, layer=layer, options=quality, digest=digest))
-            rows.append(row)
+            plan.append((run, a, w, options))
+    todo = [(run, a, w, options) for run, a, w, options in plan if not _finished_with(run, train, store)]
+    if one_pass and todo:
+        train_saes(store, [RunSpec(run, arch=a, width=w, k=options.get("k", 32), l1_coeff=options.get("l1_coeff"))
+                           for run, a, w, options in todo],
+                   layer=layer, train=train, progress=progress, overwrite=True, device=device)
+    else:
+        for run, a, w, options in todo:
+            train_sae(store, out=run, layer=layer, arch=a, width=w, train=train, progress=progress, overwrite=True, device=device, **options)
+    rows = []
+    for run, a, w, options in plan:
+        m = json.loads((run / "metrics.json").read_text())
+        lr = m.get("loss_recovered", {})
+        row = {
+            "run": run.name, "arch": a, "width": w, "k": options.get("k"), "l1_coeff": options.get("l1_coeff"),
+            "fve": m["fve"], "l0": m["l0"], "dead_fraction": m["dead_fraction"], "mse": m["mse"],
+            "loss_recovered": lr.get("loss_recovered"), "ce_increase": lr.get("ce_increase"),
+            "train_tokens_per_s": m.get("train_tokens_per_s"),
+        }
+        if labels is not None:
+            row.update(run_quality(store, run, labels, layer=layer, options=quality, digest=digest))
+        rows.append(row)
     table = pd.DataFrame(rows)
     tmp = out / ".sweep.csv.tmp"
     table.to_csv(tmp, index=False)
@@ -101,7 +116,7 @@ def _finished_with(run: Path, train: TrainConfig, store: ActivationStore) -> boo
     except json.JSONDecodeError:
         return False
     same_store = cfg.get("sae", {}).get("store_manifest_sha256") == store.manifest_sha256()
-    return bool(same_store and cfg.get("train") == train.to_dict())
+    return bool(same_store and train.same_settings(cfg.get("train") or {}))
 
 
 def _quality_digest(labels: ConceptLabels, options: dict[str, Any]) -> str:
