@@ -16,13 +16,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from workbench._dist import Dist
+from workbench._shard_writer import ShardFiles, ShardWriter, to_host
 from workbench._version import __version__
 from workbench.errors import StoreError, WorkbenchError
 from workbench.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardInfo, write_json_atomic
@@ -30,9 +31,13 @@ from workbench.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardInfo
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.adapter import Adapter
 
-__all__ = ["extract", "plan_shards", "records_hash"]
+__all__ = ["extract", "plan_shards", "records_hash", "auto_tokens_per_batch", "resolve_precision", "run_batches"]
 
 PLAN = "plan.json"
+PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
+CPU_TOKENS_PER_BATCH = 8192
+GPU_TOKENS_PER_BATCH = (8192, 131072)  # clamp of the budget derived from free GPU memory
+BYTES_PER_TOKEN_PER_WIDTH = 256  # forward working memory per token, per unit of d_model (see auto_tokens_per_batch)
 _OK, _FAILED, _INVALID = 0, 1, 2  # shard-loop outcomes: done; interrupted (resumable); bad input or model (not)
 
 
@@ -57,6 +62,86 @@ def plan_shards(sizes: Sequence[int], shard_tokens: int) -> list[ShardInfo]:
     return shards
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` as ``bf16`` on CUDA (``fp16`` on GPUs without bfloat16) and ``fp32`` elsewhere; checks the value."""
+    from workbench.adapter import autocast
+
+    if precision not in PRECISION_CHOICES:
+        raise WorkbenchError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}")
+    if precision == "auto":
+        if not device.startswith("cuda"):
+            return "fp32"
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    autocast(device, precision)  # a one-line error where this torch cannot autocast to it on this device
+    return precision
+
+
+def auto_tokens_per_batch(adapter: Adapter) -> int:
+    """The padded-token budget of one forward pass when none is given.
+
+    On the CPU 8,192. On CUDA half of the free GPU memory (the weights are already loaded) divided by
+    ``BYTES_PER_TOKEN_PER_WIDTH * d_model`` bytes per token: about 64 float32 vectors of the model's width per token
+    (hidden states, query/key/value, the feed-forward layer's 4x-wide intermediate and its activation, attention
+    scores of sequences up to about 1,000 tokens, the captured rows), rounded down to a multiple of 1,024 and clamped
+    to 8,192..131,072. A budget that still runs out of memory is halved by the extraction (see :func:`run_batches`).
+    """
+    if not adapter.device.startswith("cuda"):
+        return CPU_TOKENS_PER_BATCH
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(adapter.device))
+    budget = int(free * 0.5) // (BYTES_PER_TOKEN_PER_WIDTH * max(1, adapter.d_model)) // 1024 * 1024
+    lo, hi = GPU_TOKENS_PER_BATCH
+    return min(max(budget, lo), hi)
+
+
+class Budget:
+    """The padded-token budget of one forward pass, halved for the rest of the run after an out-of-memory error."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def halve(self) -> None:
+        self.tokens = max(1, self.tokens // 2)
+
+
+def run_batches(adapter: Adapter, records: Sequence[Any], budget: Budget, step: Callable[[Any], None]) -> None:
+    """Call ``step(batch)`` on batches of ``records`` under ``budget``, backing off when a forward runs out of memory.
+
+    A ``torch.cuda.OutOfMemoryError`` raised by ``step`` empties the CUDA cache, halves the budget for the rest of the
+    run and batches that batch's records (and the ones not yet run) again under the smaller budget; ``step`` must not
+    have handed anything on for a batch it failed on. A single record that does not fit raises
+    :class:`WorkbenchError`. ``batch.index`` are positions in ``records``.
+    """
+    import torch
+
+    pending = list(range(len(records)))
+    while pending:
+        done: set[int] = set()
+        oom: tuple[int, int] | None = None
+        for batch in adapter.batches([records[j] for j in pending], tokens_per_batch=budget.tokens):
+            batch.index = [pending[k] for k in batch.index]
+            try:
+                step(batch)
+            except torch.cuda.OutOfMemoryError:
+                oom = (len(batch.index), batch.n_tokens)
+            if oom is not None:
+                break
+            done.update(batch.index)
+        if oom is None:
+            return
+        if adapter.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        n_records, n_tokens = oom
+        if n_records == 1:
+            raise WorkbenchError(f"{adapter.name}: out of GPU memory on a single record of {n_tokens} tokens "
+                                 f"(tokens_per_batch {budget.tokens}); free GPU memory, lower the precision or truncate")
+        budget.halve()
+        pending = [j for j in pending if j not in done]
+
+
 def _default_shard_tokens(d_model: int, n_layers: int, itemsize: int) -> int:
     # About 64 MiB of activations per shard across the requested layers, at least 1,024 tokens.
     return max(1024, (64 << 20) // (d_model * n_layers * itemsize))
@@ -69,7 +154,8 @@ def extract(
     layers: Sequence[int | str],
     out: str | os.PathLike[str],
     dtype: str = "float16",
-    tokens_per_batch: int = 8192,
+    tokens_per_batch: int | None = None,
+    precision: str = "auto",
     shard_tokens: int | None = None,
     truncate: bool = False,
     overwrite: bool = False,
@@ -94,7 +180,14 @@ def extract(
     dtype
         ``float16`` (default) or ``float32`` for the stored arrays.
     tokens_per_batch
-        Padded-token budget of one forward pass; records are sorted by length within a shard to fill it.
+        Padded-token budget of one forward pass; records are sorted by length within a shard to fill it. ``None``
+        (default): 8,192 on the CPU, and on CUDA a budget sized from the free GPU memory and the model's width (see
+        :func:`auto_tokens_per_batch`). A forward that runs out of GPU memory halves the budget for the rest of the
+        run and redoes its records in smaller batches; a single record that does not fit is an error.
+    precision
+        Arithmetic of the forward pass: ``auto`` (default: ``bf16`` on CUDA, ``fp32`` on the CPU), ``bf16``,
+        ``fp16`` or ``fp32``. Reduced precision runs under ``torch.autocast`` (the weights stay as loaded); the
+        stored ``dtype`` is unchanged. The manifest records it, and a resume with another precision is refused.
     shard_tokens
         Rows per shard; defaults to about 64 MiB of activations per shard.
     truncate
@@ -109,13 +202,19 @@ def extract(
 
     Run under ``torchrun --nproc-per-node N`` to split the shards across processes. Killed runs resume: calling
     again with the same arguments continues from the last complete shard.
+
+    The forward passes run on this thread; one background thread waits for each batch's device-to-host copy,
+    checks that the values are finite in the stored dtype, writes them into the shard's files and closes finished
+    shards, so disk work overlaps the next forward passes (at most a few batches wait in between).
     """
     from workbench.registry import load_adapter
 
     if dtype not in ("float16", "float32"):
         raise WorkbenchError(f"dtype must be float16 or float32, not {dtype!r}")
-    if tokens_per_batch < 1:
+    if tokens_per_batch is not None and tokens_per_batch < 1:
         raise WorkbenchError("tokens_per_batch must be positive")
+    if precision not in PRECISION_CHOICES:
+        raise WorkbenchError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists (pass --overwrite to replace it)")
@@ -123,6 +222,7 @@ def extract(
     source = adapter.source
     if random_weights is not None:
         adapter = adapter.randomized(random_weights)
+    precision = resolve_precision(precision, adapter.device)
     layers = adapter.check_layers(layers)
     adapter.prepare(layers)
     if isinstance(inputs, (str, os.PathLike)):
@@ -140,6 +240,7 @@ def extract(
         "inputs_sha256": records_hash(records),
         "layers": layers,
         "dtype": dtype,
+        "precision": precision,
         "shard_tokens": shard_tokens,
         "n_shards": len(shards),
     }
@@ -158,14 +259,20 @@ def extract(
         bar = _progress(sum(shards[i].n_tokens for i in todo), progress and dist.rank == 0, adapter.name)
         t0 = time.perf_counter()
         status = _FAILED  # until the loop completes
+        budget = Budget(tokens_per_batch or auto_tokens_per_batch(adapter))
+        writer = ShardWriter()
         try:
             for i in todo:
-                _write_shard(adapter, records, shards[i], work / "shards", layers, dtype, tokens_per_batch, bar)
+                _write_shard(adapter, records, shards[i], work / "shards", layers, dtype, budget, bar, writer, precision)
+            writer.close()  # the last shards are finished; raises what the writer thread raised
             status = _OK
         except WorkbenchError:
             status = _INVALID
             raise
         finally:
+            # Joined before anything else: after an interrupt it finishes the shards that were complete; after bad
+            # data it drops the rest, as the working folder is removed below.
+            writer.shutdown(drain=status != _INVALID)
             if bar is not None:
                 bar.close()
             worst = dist.worst(status)
@@ -213,53 +320,31 @@ def _write_shard(
     shards_dir: Path,
     layers: list[int],
     dtype: str,
-    tokens_per_batch: int,
+    budget: Budget,
     bar: Any,
+    writer: ShardWriter,
+    precision: str = "fp32",
 ) -> None:
-    """Write one shard into a temporary folder, then rename it into place."""
-    import pandas as pd
+    """Run one shard's batches and hand their rows to ``writer``, which renames the shard into place once complete.
 
+    Each batch's activations are cast to ``dtype`` on the device and their copy to the host is started
+    (:func:`~workbench._shard_writer.to_host`) before the next batch's forward pass is queued.
+    """
     recs = records[shard.first_sequence : shard.first_sequence + shard.n_sequences]
-    sizes = np.array([adapter.n_kept(r) for r in recs])
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    tmp = shards_dir / f".{shard.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    arrays = {
-        layer: np.lib.format.open_memmap(tmp / f"layer_{layer}.npy", mode="w+", dtype=dtype, shape=(shard.n_tokens, adapter.d_model))
-        for layer in layers
-    }
-    obs_parts: list[tuple[int, pd.DataFrame]] = []
-    for batch in adapter.batches(recs, tokens_per_batch=tokens_per_batch):
-        acts = adapter.activations(batch, layers)
-        # Rows come batch-ordered; put each record's rows back at its offset in input order.
-        lengths = sizes[batch.index]
-        dest = np.concatenate([np.arange(offsets[j], offsets[j] + sizes[j]) for j in batch.index])
-        for layer, tensor in acts.layers.items():
-            values = tensor.float().cpu().numpy()
-            if not np.isfinite(values).all():
-                raise WorkbenchError(f"{adapter.name}: non-finite activations at layer {layer} in shard {shard.name}")
-            arrays[layer][dest] = values.astype(dtype, copy=False)
-        start = 0
-        for j, n in zip(batch.index, lengths):
-            obs_parts.append((int(j), acts.obs.iloc[start : start + n]))
-            start += n
+    sizes = np.array([adapter.n_kept(r) for r in recs], dtype=np.int64)
+    files = ShardFiles(shard.name, shards_dir / f".{shard.name}.tmp-{os.getpid()}", shards_dir / shard.name, sizes,
+                       layers, adapter.d_model, dtype, adapter.name)
+
+    def step(batch: Any) -> None:
+        acts = adapter.activations(batch, layers, precision=precision)
+        rows = to_host(acts.layers, dtype)
+        index = list(batch.index)
+        writer.submit(lambda: files.write(index, rows, acts.obs))
         if bar is not None:
-            bar.update(int(lengths.sum()))
-    for arr in arrays.values():
-        arr.flush()
-    del arrays
-    obs = pd.concat([part for _, part in sorted(obs_parts, key=lambda p: p[0])], ignore_index=True)
-    obs.to_parquet(tmp / "obs.parquet", index=False)
-    _fsync_dir(tmp)
-    os.replace(tmp, shards_dir / shard.name)
+            bar.update(int(sizes[index].sum()))
 
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir():
-        with open(child, "rb") as fh:
-            os.fsync(fh.fileno())
+    run_batches(adapter, recs, budget, step)
+    writer.submit(files.finish)
 
 
 def _finish(
@@ -302,6 +387,7 @@ def _finish(
         "layers": plan["layers"],
         "d_model": adapter.d_model,
         "dtype": dtype,
+        "precision": plan["precision"],
         "n_sequences": len(records),
         "n_tokens": int(sum(s.n_tokens for s in shards)),
         "inputs_sha256": plan["inputs_sha256"],

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.registry import ModelCard
 
-__all__ = ["Adapter", "Batch", "HookPoint", "Activations", "EditFn"]
+__all__ = ["Adapter", "Batch", "HookPoint", "Activations", "EditFn", "PRECISIONS", "autocast"]
 
 EditFn = Callable[["torch.Tensor"], "torch.Tensor"]
 """Maps the ``(n_tokens, d_model)`` representation of the kept tokens at a layer to a tensor of the same shape."""
@@ -111,6 +111,37 @@ class Activations(NamedTuple):
     """Layer number to a ``(n_tokens, d_model)`` tensor, rows in the order of ``obs``."""
     obs: pd.DataFrame
     """One metadata row per kept token."""
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Forward-pass precisions of :meth:`Adapter.activations`: full float32, or ``torch.autocast`` to bfloat16 / float16."""
+
+
+def autocast(device: str, precision: str) -> Any:
+    """A context that runs the forward at ``precision`` on ``device``: a no-op for ``fp32``, else ``torch.autocast``.
+
+    Raises :class:`ModelError` for an unknown precision or one that autocast does not support on this device.
+    """
+    import warnings
+    from contextlib import nullcontext
+
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    device_type = torch.device(device).type
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch disables an unsupported autocast with only a warning
+            if not torch.amp.autocast_mode.is_autocast_available(device_type):
+                raise RuntimeError(f"no autocast on {device_type}")
+            return torch.autocast(device_type, dtype=dtype)
+    except (RuntimeError, UserWarning) as exc:
+        raise ModelError(f"precision {precision} is not supported on {device} by this torch "
+                         f"({str(exc).splitlines()[0]}); use precision fp32 or bf16") from None
 
 
 class _StopForward(Exception):
@@ -230,7 +261,10 @@ class Adapter(ABC):
         return self._weights_hash
 
     def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch.inputs.items()}
+        """The batch's inputs on the model's device; on CUDA copied from pinned memory without a host sync."""
+        if not self.device.startswith("cuda"):
+            return {k: v.to(self.device) for k, v in batch.inputs.items()}
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.inputs.items()}
 
     # -- optional: what the fidelity metrics need ----------------------------------------------------------------
     def lm_loss(self, batch: Batch, *, layer: int, edit: EditFn | None = None, seed: int = 0) -> tuple[float, int]:
@@ -273,16 +307,24 @@ class Adapter(ABC):
                     p.normal_(0.0, 0.02)
         return clone
 
-    def activations(self, batch: Batch, layers: Sequence[int]) -> Activations:
+    def activations(self, batch: Batch, layers: Sequence[int], *, precision: str = "fp32") -> Activations:
         """Representations of ``layers`` for the kept tokens of ``batch``.
 
         The forward pass stops right after the deepest requested layer, so nothing downstream (later blocks, the
-        language-model head) is computed.
+        language-model head) is computed. ``precision`` (``fp32``, ``bf16`` or ``fp16``) runs the forward under
+        ``torch.autocast`` with that dtype; the weights are not cast. The rows of the kept tokens are gathered with
+        an index computed on the host, so on CUDA nothing waits for the device.
         """
         import torch
 
         layers = self.check_layers(layers)
-        keep = batch.keep.to(self.device)
+        keep = batch.keep
+        where = keep.nonzero()  # (n_kept, 2) batch and position of each kept token, in the row-major order of rows[keep]
+        if self.device.startswith("cuda"):
+            where = where.pin_memory().to(self.device, non_blocking=True)
+        else:
+            where = where.to(self.device)
+        b_idx, t_idx = where.unbind(1)
         captured: dict[int, torch.Tensor] = {}
         deepest = layers[-1]
 
@@ -290,7 +332,7 @@ class Adapter(ABC):
             def grab(tensor: torch.Tensor) -> None:
                 rows = _rows(tensor, point)
                 _check_rows(rows, keep, layer)
-                captured[layer] = rows[keep]
+                captured[layer] = rows[b_idx, t_idx]  # integer gather: no copy of the whole layer, no device sync
                 if layer == deepest:
                     raise _StopForward
 
@@ -298,7 +340,8 @@ class Adapter(ABC):
                 return lambda module, args: grab(args[0])
             return lambda module, args, output: grab(output[0] if isinstance(output, tuple) else output)
 
-        with torch.no_grad(), self._hooks({layer: make_hook(layer, self.hook_point(layer)) for layer in layers}):
+        with torch.no_grad(), autocast(self.device, precision), \
+                self._hooks({layer: make_hook(layer, self.hook_point(layer)) for layer in layers}):
             try:
                 self.forward(**self._to_device(batch))
             except _StopForward:

@@ -58,6 +58,12 @@ def _sae_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
     p.add_argument("--loss-recovered-sequences", type=int, default=d.loss_recovered_sequences, help="0 skips loss recovered")
     p.add_argument("--no-normalize", action="store_true", help="train on raw (uncentred, unscaled) activations")
+    p.add_argument("--precision", metavar="{auto,fp32,bf16}", default=d.precision,
+                   help="matrix products in bf16 autocast (float32 weights) or fp32; auto: bf16 on CUDA")
+    p.add_argument("--kernels", metavar="{auto,sparse,dense}", default=d.kernels,
+                   help="TopK family: sparse (CPU) or dense (GPU) products; auto picks by device")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (dense kernels)")
+    p.add_argument("--prefetch", type=int, default=d.prefetch, help="store buffers read ahead by a background thread")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 
@@ -68,7 +74,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     return TrainConfig(
         n_tokens=args.n_tokens, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, aux_k=args.aux_k,
         seed=args.seed, checkpoint_every=args.checkpoint_every, holdout_fraction=args.holdout_fraction,
-        eval_tokens=args.eval_tokens, loss_recovered_sequences=args.loss_recovered_sequences,
+        eval_tokens=args.eval_tokens, loss_recovered_sequences=args.loss_recovered_sequences, precision=args.precision,
+        kernels=args.kernels, compile=args.compile, prefetch=args.prefetch,
     )
 
 
@@ -98,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split-col", help="image folders: a column of --labels naming each image's split")
     ex.add_argument("--format", help="input format when the extension does not say (fasta, swiss, uniprot-xml, table, airr)")
     ex.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    ex.add_argument("--tokens-per-batch", type=int, default=8192, help="padded tokens per forward pass")
+    ex.add_argument("--tokens-per-batch", type=int, default=None,
+                    help="padded tokens per forward pass (default: auto, 8192 on the CPU, sized from free memory on CUDA)")
+    ex.add_argument("--precision", default="auto", metavar="{auto,bf16,fp16,fp32}",  # checked by extract: one-line error
+                    help="forward-pass arithmetic (default auto: bf16 on CUDA, fp32 on the CPU); the stored --dtype is unchanged")
     ex.add_argument("--shard-tokens", type=int, help="tokens per shard (default: about 64 MiB per shard)")
     ex.add_argument("--truncate", action="store_true", help="cut sequences longer than the model's maximum")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="annotation source, repeatable (as for annotate): adds sparse-probing F1 and absorption columns")
     sw.add_argument("--domain", help="domain providing the annotation sources (default: the domain of the store's model)")
     sw.add_argument("--plot", metavar="PNG", help="also draw quality against L0 per architecture into PNG")
+    sw.add_argument("--one-pass", action="store_true", help="train every SAE of the sweep together from one pass over the store")
 
     an = sub.add_parser("annotate", help="associate SAE features with database concepts and write a feature catalog")
     an.add_argument("--store", required=True, help="activation store folder")
@@ -226,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         table = sweep(
             args.store, out=args.out, layer=args.layer, arch=_csv(args.arch, str), k=_csv(args.k, int), width=_csv(args.width, int),
             l1_coeff=_csv(args.l1_coeff, float) if args.l1_coeff else None, train=_train_config(args), labels=labels,
-            progress=not args.no_progress,
+            progress=not args.no_progress, one_pass=args.one_pass, device=args.device,
         )
         print(table.to_string(index=False))
         if args.plot:
@@ -282,6 +293,7 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out,
         dtype=args.dtype,
         tokens_per_batch=args.tokens_per_batch,
+        precision=args.precision,
         shard_tokens=args.shard_tokens,
         truncate=args.truncate,
         overwrite=args.overwrite,
