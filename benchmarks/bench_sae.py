@@ -80,9 +80,9 @@ def open_or_build_store(path: Path) -> Any:
     return store
 
 
-def held_out_tokens(store: Any, n: int, holdout_fraction: float) -> torch.Tensor:
+def held_out_tokens(store: Any, n: int, holdout_fraction: float, *, layer: int = LAYER) -> torch.Tensor:
     parts, total = [], 0
-    for batch in store.iter_batches(LAYER, 8192, shuffle=False, split="test", holdout_fraction=holdout_fraction):
+    for batch in store.iter_batches(layer, 8192, shuffle=False, split="test", holdout_fraction=holdout_fraction):
         parts.append(batch)
         total += len(batch)
         if total >= n:
@@ -219,22 +219,22 @@ def machine_facts() -> dict[str, str]:
 
 
 @torch.no_grad()
-def evaluate(run: Run, x: torch.Tensor, width: int) -> dict[str, float]:
-    """FVE, L0 and never-active share on ``x`` in model units."""
+def evaluate(run: Run, x: torch.Tensor, width: int, device: str = "cpu") -> dict[str, float]:
+    """FVE, L0 and never-active share on ``x`` in model units (batches reconstructed on ``device``)."""
     sse, l0_sum, n = 0.0, 0.0, 0
     fired = torch.zeros(width, dtype=torch.bool)
     mean = x.double().mean(0)
     sst = float((x.double() - mean).pow(2).sum())
     for start in range(0, len(x), 4096):
         xb = x[start : start + 4096]
-        x_hat, codes = run.reconstruct(xb)
+        x_hat, codes = run.reconstruct(xb.to(device))
         if codes.is_sparse:
             codes = codes.to_dense()
         codes = codes.reshape(len(xb), -1)
-        sse += float((xb.double() - x_hat.double()).pow(2).sum())
+        sse += float((xb.double() - x_hat.double().cpu()).pow(2).sum())
         active = codes != 0
         l0_sum += float(active.sum())
-        fired[: codes.shape[1]] |= active.any(0)
+        fired[: codes.shape[1]] |= active.any(0).cpu()
         n += len(xb)
     return {"fve": 1.0 - sse / sst, "l0": l0_sum / n, "dead": 1.0 - float(fired.float().mean())}
 

@@ -49,6 +49,24 @@ class Setup:
     """Fraction of the steps after which the learning rate decays linearly to zero."""
     holdout_fraction: float = 0.05
     seed: int = 0
+    device: str = "cpu"
+    """Where every trainer runs (``cuda`` for the GPU benchmark); batches are made on this device."""
+    precision: str = "fp32"
+    """``fp32``, or ``bf16``: each trainer's own bf16 autocast (float32 weights), for all of them alike."""
+    kernels: str = "auto"
+    """Our trainer's ``TrainConfig.kernels``."""
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def sync(self) -> None:
+        """Wait for the GPU's queued work, so wall times cover it."""
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def autocast(self) -> Any:
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @property
     def n_tokens(self) -> int:
@@ -119,13 +137,16 @@ def training_batches(setup: Setup) -> Iterator[torch.Tensor]:
     """The store's training split in full batches, reshuffled each epoch with seed ``1000 * seed + epoch``.
 
     The same seeds and buffer as our trainer's own stream, so every trainer sees the same batches in the same order.
+    On a GPU the batches are made there by the store's device path (read ahead by a thread, shuffled on the GPU), so
+    no trainer waits on the host.
     """
     epoch = 0
+    on_device = dict(device=setup.device, prefetch=2) if setup.cuda else {}
     while True:
         got = False
         for batch in setup.store.iter_batches(
             setup.layer, setup.batch_size, shuffle=True, seed=setup.seed * 1000 + epoch, drop_last=True,
-            split="train", holdout_fraction=setup.holdout_fraction,
+            split="train", holdout_fraction=setup.holdout_fraction, **on_device,
         ):
             got = True
             yield batch
@@ -171,7 +192,8 @@ def run_ours(setup: Setup) -> Run:
     train = TrainConfig(
         n_tokens=setup.n_tokens, batch_size=setup.batch_size, lr=setup.lr, warmup_steps=setup.warmup_steps,
         decay_start=setup.decay_start, holdout_fraction=setup.holdout_fraction, seed=setup.seed,
-        loss_recovered_sequences=0, checkpoint_every=0,
+        loss_recovered_sequences=0, checkpoint_every=0, precision=setup.precision,
+        kernels=setup.kernels,
     )
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_sae_ours_") as tmp:
@@ -180,8 +202,9 @@ def run_ours(setup: Setup) -> Run:
             t0 = time.perf_counter()
             result = train_sae(
                 store, out=Path(tmp) / "sae", layer=setup.layer, arch="topk", width=setup.width, k=setup.k,
-                train=train, progress=False, metrics=False, overwrite=True,
+                train=train, progress=False, metrics=False, overwrite=True, device=setup.device,
             )
+            setup.sync()
             t1 = time.perf_counter()
         finally:
             del store.iter_batches  # back to the class's method
@@ -228,14 +251,14 @@ def run_saelens(setup: Setup, sparse: bool = False) -> Run:
     torch.manual_seed(setup.seed)
     norm_batches = max(1, 65536 // setup.batch_size)  # the same sample size our trainer uses for its statistics
     cfg = TopKTrainingSAEConfig(
-        d_in=setup.store.d_model, d_sae=setup.width, k=setup.k, dtype="float32", device="cpu",
+        d_in=setup.store.d_model, d_sae=setup.width, k=setup.k, dtype="float32", device=setup.device,
         normalize_activations="expected_average_only_in", use_sparse_activations=sparse,
     )
     sae = TopKTrainingSAE(cfg)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=setup.n_tokens, train_batch_size_samples=setup.batch_size, lr=setup.lr, lr_end=setup.lr,
         lr_scheduler_name="constant", lr_warm_up_steps=setup.warmup_steps,
-        lr_decay_steps=setup.steps - setup.decay_start_step, device="cpu", autocast=False,
+        lr_decay_steps=setup.steps - setup.decay_start_step, device=setup.device, autocast=setup.precision == "bf16",
         n_batches_for_norm_estimate=norm_batches, logger=LoggingConfig(log_to_wandb=False),
     )
     batches = TimedBatches(training_batches(setup))
@@ -243,6 +266,7 @@ def run_saelens(setup: Setup, sparse: bool = False) -> Run:
     with _quiet():
         t0 = time.perf_counter()
         sae = trainer.fit()
+        setup.sync()
         t1 = time.perf_counter()
     start = batches.loop_start(setup.steps)
     sae.eval()
@@ -285,14 +309,15 @@ def run_dictionary_learning(setup: Setup) -> Run:
     config = {
         "trainer": make_trainer, "steps": setup.steps, "activation_dim": setup.store.d_model, "dict_size": setup.width,
         "k": setup.k, "layer": setup.layer, "lm_name": "antiberty", "lr": setup.lr, "warmup_steps": setup.warmup_steps,
-        "decay_start": setup.decay_start_step, "seed": setup.seed, "device": "cpu",
+        "decay_start": setup.decay_start_step, "seed": setup.seed, "device": setup.device,
     }
     batches = TimedBatches(training_batches(setup))
     with _quiet():
         t0 = time.perf_counter()
         # trainSAE reads 102 batches for its norm factor first, then one batch past the last step before stopping
-        trainSAE(data=batches, trainer_configs=[config], steps=setup.steps, normalize_activations=True, device="cpu",
-                 autocast_dtype=torch.float32)
+        trainSAE(data=batches, trainer_configs=[config], steps=setup.steps, normalize_activations=True, device=setup.device,
+                 autocast_dtype=torch.bfloat16 if setup.precision == "bf16" else torch.float32)
+        setup.sync()
         t1 = time.perf_counter()
     start = batches.loop_start(setup.steps, extra_pulls_after=1)
     ae = made[0].ae.eval()
@@ -344,7 +369,7 @@ def run_overcomplete(setup: Setup) -> Run:
     oc = import_overcomplete_sae()
 
     torch.manual_seed(setup.seed)
-    sae = oc.TopKSAE(setup.store.d_model, nb_concepts=setup.width, top_k=setup.k, device="cpu")
+    sae = oc.TopKSAE(setup.store.d_model, nb_concepts=setup.width, top_k=setup.k, device=setup.device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=setup.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, setup.lr_factor)
 
@@ -353,10 +378,11 @@ def run_overcomplete(setup: Setup) -> Run:
         return (x - x_hat).square().mean()  # the criterion of overcomplete's own TopKSAE example
 
     batches = TimedBatches(training_batches(setup), limit=setup.steps)
-    with _quiet():
+    with _quiet(), setup.autocast():  # its own AMP loop is fp16 with a scaler; bf16 autocast around the plain loop
         t0 = time.perf_counter()
         oc.train_sae(sae, batches, criterion, optimizer, scheduler=scheduler, nb_epochs=1, clip_grad=1.0,
-                     monitoring=0, device="cpu")
+                     monitoring=0, device=setup.device)
+        setup.sync()
         t1 = time.perf_counter()
     start = batches.loop_start(setup.steps)
     sae.eval()
@@ -391,11 +417,11 @@ def run_bare(setup: Setup) -> Run:
     sample = torch.cat([b.float() for _, b in zip(range(max(1, 65536 // setup.batch_size)), training_batches(setup))])
     mean = sample.mean(0)
     scale = float((sample - mean).pow(2).sum(1).mean().div(sample.shape[1]).sqrt())
-    d, w = sample.shape[1], setup.width
-    w_dec = torch.randn(w, d)
+    d, w, dev = sample.shape[1], setup.width, setup.device
+    w_dec = torch.randn(w, d).to(dev)
     w_dec = torch.nn.Parameter(w_dec / w_dec.norm(dim=1, keepdim=True))
     w_enc = torch.nn.Parameter(w_dec.detach().clone())
-    b_enc, b_dec = torch.nn.Parameter(torch.zeros(w)), torch.nn.Parameter(torch.zeros(d))
+    b_enc, b_dec = torch.nn.Parameter(torch.zeros(w, device=dev)), torch.nn.Parameter(torch.zeros(d, device=dev))
     params = [w_enc, w_dec, b_enc, b_dec]
     opt = torch.optim.Adam(params, lr=setup.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, setup.lr_factor)
@@ -409,7 +435,8 @@ def run_bare(setup: Setup) -> Run:
     t0 = time.perf_counter()
     for x in batches:
         xn = (x.float() - mean) / scale
-        loss = ((encode(xn) @ w_dec + b_dec) - xn).pow(2).sum(1).mean()
+        with setup.autocast():
+            loss = ((encode(xn) @ w_dec + b_dec) - xn).float().pow(2).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -417,6 +444,7 @@ def run_bare(setup: Setup) -> Run:
         sched.step()
         with torch.no_grad():
             w_dec /= w_dec.norm(dim=1, keepdim=True)
+    setup.sync()
     t1 = time.perf_counter()
     start = batches.loop_start(setup.steps)
 

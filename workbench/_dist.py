@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["Dist"]
+__all__ = ["Dist", "local_device"]
+
+
+def local_device(device: str) -> str:
+    """``cuda`` as this process's own GPU under ``torchrun`` (``cuda:LOCAL_RANK``, made current); else unchanged."""
+    if device != "cuda" or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "LOCAL_RANK" not in os.environ:
+        return device
+    import torch
+
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    torch.cuda.set_device(torch.device(device))
+    return device
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workbench._dist import Dist
+from workbench._dist import Dist, local_device
 from workbench._shard_writer import ShardFiles, ShardWriter, to_host
 from workbench._version import __version__
 from workbench.errors import StoreError, WorkbenchError
@@ -218,6 +218,7 @@ def extract(
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists (pass --overwrite to replace it)")
+    device = local_device(device)  # under torchrun each process takes its own GPU
     adapter = load_adapter(model, device=device) if isinstance(model, str) else model
     source = adapter.source
     if random_weights is not None:

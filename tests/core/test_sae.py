@@ -15,16 +15,12 @@ import torch
 import workbench
 import workbench.sae._train as train_mod
 from workbench.errors import StoreError, WorkbenchError
-from workbench.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder, TrainConfig, load_sae, train_sae
+from workbench.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder, load_sae, train_sae
+
+from core_helpers import small_train  # noqa: E402  (tests/core, on the path under pytest)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(width=64, k=4)
-
-
-def small_train(**kw) -> TrainConfig:  # type: ignore[no-untyped-def]
-    opts = dict(n_tokens=256 * 150, batch_size=256, lr=3e-3, warmup_steps=10, l1_warmup_steps=20, dead_tokens=2000,
-                aux_k=16, checkpoint_every=50, eval_tokens=2000, holdout_fraction=0.1, loss_recovered_sequences=4)
-    return TrainConfig(**{**opts, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,15 @@ from workbench._prefetch import prefetch
 from workbench.errors import WorkbenchError
 from workbench.sae import RunSpec, SAEConfig, SparseAutoencoder, TrainConfig, sweep, train_sae, train_saes
 
+from core_helpers import small_train as core_small_train  # noqa: E402  (tests/core, on the path under pytest)
+
 REPO = Path(__file__).resolve().parents[2]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def small_train(**kw) -> TrainConfig:  # type: ignore[no-untyped-def]
-    opts = dict(n_tokens=256 * 60, batch_size=256, lr=3e-3, warmup_steps=10, l1_warmup_steps=20, dead_tokens=2000,
-                aux_k=16, checkpoint_every=20, eval_tokens=2000, holdout_fraction=0.1, loss_recovered_sequences=0)
-    return TrainConfig(**{**opts, **kw})
+    """The shared tiny-store settings, shorter, with checkpoints every 20 steps and no loss-recovered metric."""
+    return core_small_train(**{"n_tokens": 256 * 60, "checkpoint_every": 20, "loss_recovered_sequences": 0, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,10 @@ def test_every_architecture_trains_with_dense_kernels_and_bf16_close_to_fp32(arc
     assert all(p.dtype == torch.float32 for p in bf16.sae.parameters())
     runtime = json.loads((tmp_path / "bf16" / "cfg.json").read_text())["runtime"]
     assert runtime["precision"] == "bf16" and runtime["kernels"] == "dense"
+    if arch not in ("relu", "jumprelu"):  # the sparse kernels take bf16 codes too (float32 gradients for the weights)
+        sparse_bf16 = train_sae(store, out=tmp_path / "sparse_bf16", layer=2, arch=arch, width=48, progress=False,
+                                train=small_train(n_tokens=256 * 40, checkpoint_every=0, precision="bf16"), **extra)
+        assert sparse_bf16.metrics["fve"] == pytest.approx(base.metrics["fve"], abs=0.03)
 
 
 def test_compiled_dense_training_matches_eager(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -87,7 +87,11 @@ class _SelectedPreacts(torch.autograd.Function):
         x, w_enc, rows, cols = ctx.saved_tensors
         grad_x = weighted_row_sum(rows, cols, grad, w_enc, x.shape[0], sorted_by_group=True) if ctx.needs_input_grad[0] else None
         grad_w = weighted_row_sum(cols, rows, grad, x, w_enc.shape[0], sorted_by_group=False) if ctx.needs_input_grad[1] else None
-        grad_b = torch.bincount(cols, weights=grad, minlength=ctx.width).to(grad.dtype) if ctx.needs_input_grad[2] else None
+        if ctx.needs_input_grad[2]:  # bincount takes float32 / float64 weights only (bf16 codes under autocast)
+            wide = grad if grad.dtype in (torch.float32, torch.float64) else grad.float()
+            grad_b = torch.bincount(cols, weights=wide, minlength=ctx.width).to(wide.dtype)
+        else:
+            grad_b = None
         return grad_x, grad_w, grad_b, None, None, None
 
 

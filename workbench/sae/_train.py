@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from workbench._dist import Dist
+from workbench._dist import Dist, local_device
 from workbench._version import __version__
 from workbench.errors import StoreError, WorkbenchError
 from workbench.store import ActivationStore, open_store, write_json_atomic
@@ -111,7 +111,9 @@ def _batches(store: ActivationStore, layer: int, local_batch: int, train: TrainC
                     yield batch
                 seen += 1
         finally:
-            batches.close()  # type: ignore[attr-defined]  # stops the reader thread now, not at garbage collection
+            close = getattr(batches, "close", None)  # stops the reader thread now, not at garbage collection
+            if callable(close):
+                close()
         if not got:
             raise StoreError(f"{store.path}: fewer training tokens per rank than one batch of {local_batch}")
         epoch += 1
@@ -186,8 +188,10 @@ class _Run:
             group["lr"] = train.lr * _lr_factor(step, train)
         ramp = min(1.0, (step + 1) / max(1, train.l1_warmup_steps))
         dead = self.since_fired >= train.dead_tokens if self.has_dead else None
+        # The ramp only matters to ReLU / JumpReLU; as a device tensor it neither syncs nor recompiles a compiled step.
+        scale = torch.full((), ramp, device=x.device) if self.cfg.arch in ("relu", "jumprelu") else 1.0
         with autocast():
-            out = self.model(x, sparsity_scale=torch.tensor(ramp), dead=dead, aux_k=train.aux_k,
+            out = self.model(x, sparsity_scale=scale, dead=dead, aux_k=train.aux_k,
                              aux_coeff=train.aux_coeff, kernels=self.kernels, codes=False)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -294,6 +298,7 @@ def train_saes(
         ))
         if Path(spec.out).exists() and not overwrite:
             raise WorkbenchError(f"{spec.out} already exists (pass --overwrite to replace it)")
+    device = local_device(device)
     runtimes = [train.runtime(device, cfg.arch) for cfg in cfgs]
 
     dist = Dist.setup(device)
