@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The device check of issue 14, as one command on a GPU machine (see benchmarks/bench_gpu.py):
 #   run(command="bash benchmarks/bench_gpu.sh", carry=[".whl"], timeout_s=590)
-# .whl holds wheels of what the machine lacks (fair-esm; SAELens, dictionary_learning, overcomplete and their
-# missing dependencies), fetched for Python 3.12 as described in /work/.library/device/README.md. The project itself
-# is installed without dependencies so that its entry points (the model registry) resolve.
+# .whl holds wheels of what the machine lacks (fair-esm, biopython; SAELens, dictionary_learning, overcomplete and
+# their missing dependencies), pinned in benchmarks/gpu_wheels.txt; fetch them for Python 3.12 with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform any -d .whl -r benchmarks/gpu_wheels.txt
+# (and keep /.whl/ in .git/info/exclude). The project itself is installed without dependencies so that its entry
+# points (the model registry) resolve.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench_gpu_out}
 mkdir -p "$OUT"
