@@ -299,12 +299,15 @@ class SparseAutoencoder(nn.Module):
         cfg = self.cfg
         n, w = xn.shape[0], cfg.width
         pre = self.pre_acts(xn)
+        chosen: tuple[torch.Tensor, torch.Tensor] | None = None  # (latent of each chosen slot, whether it is active)
         if cfg.arch == "topk":
             vals, idx = pre.topk(cfg.k, dim=1, sorted=False)
             z = torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+            chosen = (idx.flatten(), vals.detach().flatten() > 0)
         elif self.training:  # batchtopk, matryoshka: the k * n largest pre-activations of the batch
             flat_vals, flat_idx = pre.flatten().topk(min(cfg.k * n, pre.numel()), sorted=False)
             z = torch.zeros_like(pre).flatten().scatter(0, flat_idx, torch.relu(flat_vals)).view(n, w)
+            chosen = (flat_idx % w, flat_vals.detach() > 0)
         else:
             z = pre * (pre > self.threshold)
         decoder = self._decoder()
@@ -326,12 +329,18 @@ class SparseAutoencoder(nn.Module):
         if dead is not None and aux_k > 0 and aux_coeff > 0:
             aux = self._aux_loss_dense(pre, err.detach(), dead, min(aux_k, w), decoder)
             loss = loss + aux_coeff * aux
-        active = z.detach() > 0
         listed = None
         if codes:
-            rows, cols = active.nonzero(as_tuple=True)
+            rows, cols = (z.detach() > 0).nonzero(as_tuple=True)
             listed = SparseCodes(rows, cols, z.detach()[rows, cols].float(), n)
-        return SAEOutput(self.denormalize(xn + err), listed, loss, mse, zero, aux, active.any(0), active.sum(1).float().mean())
+        if chosen is not None:  # from the chosen slots (batch x k), not another pass over the batch x width codes
+            latent, on = chosen
+            fired = torch.zeros(w, dtype=torch.float32, device=z.device).scatter_reduce_(0, latent, on.float(), "amax") > 0
+            l0 = on.sum().float() / max(n, 1)
+        else:
+            active = z.detach() > 0
+            fired, l0 = active.any(0), active.sum(1).float().mean()
+        return SAEOutput(self.denormalize(xn + err), listed, loss, mse, zero, aux, fired, l0)
 
     @staticmethod
     def _aux_loss_dense(pre: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, k: int, decoder: torch.Tensor) -> torch.Tensor:
