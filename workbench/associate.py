@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "THRESHOLDS", "FeatureMatrix", "feature_matrix", "neuron_matrix", "associate", "associate_store", "Association",
-    "sequence_split", "count_pairs", "null_pvalues",
+    "sequence_split", "count_pairs", "null_pvalues", "split_counts", "association_from_counts", "scope_sizes",
+    "shard_codes", "shard_neurons",
 ]
 
 THRESHOLDS: tuple[float, ...] = (0.0, 0.15, 0.5, 0.6, 0.8)
@@ -84,34 +85,56 @@ def feature_matrix(store: ActivationStore, sae: Any, *, layer: int, batch_size: 
     """Encode every token of ``layer`` with ``sae`` (store order) and normalise each feature by its maximum.
 
     The codes go straight from the SAE's sparse selection into one CSR matrix; no dense ``tokens x width`` block is
-    ever built.
+    ever built. Shards are encoded one by one in batches of ``batch_size`` (:func:`shard_codes`), as the streamed
+    association does, so both see the same numbers.
     """
     import scipy.sparse as sp
-    import torch
 
+    _check_sae(store, sae, layer)
+    width = sae.cfg.width
+    parts = [shard_codes(store, sae, i, layer=layer, batch_size=batch_size) for i in range(len(store.shards))]
+    if not parts:
+        return FeatureMatrix(sp.csr_matrix((0, width), dtype=np.float32), np.zeros(width, np.float32), _names(width))
+    values = sp.vstack(parts, format="csr")
+    maxes = np.asarray(values.max(axis=0).todense(), dtype=np.float32).ravel()
+    values.data /= maxes[values.indices]
+    return FeatureMatrix(values, maxes, _names(width))
+
+
+def _check_sae(store: ActivationStore, sae: Any, layer: int) -> None:
     from workbench.sae import SparseAutoencoder
 
     if not isinstance(sae, SparseAutoencoder):
         raise WorkbenchError("feature_matrix needs a workbench SparseAutoencoder")
     _check_sae_matches(store, sae, layer)
-    width = sae.cfg.width
+
+
+def shard_codes(store: ActivationStore, sae: Any, shard: int, *, layer: int, batch_size: int = 8192) -> sp.csr_matrix:
+    """The SAE codes of one shard's tokens (``n_shard_tokens x width`` CSR, positive entries, not normalised)."""
+    import scipy.sparse as sp
+    import torch
+
+    acts = store.shard_activations(shard, layer)
     rows, cols, vals = [], [], []
-    offset = 0
-    for x in store.iter_batches(layer, batch_size, shuffle=False):
+    for start in range(0, len(acts), batch_size):
+        x = torch.from_numpy(np.asarray(acts[start : start + batch_size], dtype=np.float32))
         with torch.no_grad():
-            codes = sae.encode_sparse(x.float())
+            codes = sae.encode_sparse(x)
         keep = codes.values > 0
-        rows.append((codes.rows[keep] + offset).numpy())
+        rows.append((codes.rows[keep] + start).numpy())
         cols.append(codes.cols[keep].numpy())
         vals.append(codes.values[keep].float().numpy())
-        offset += codes.n_rows
+    width = sae.cfg.width
     if not rows:
-        return FeatureMatrix(sp.csr_matrix((0, width), dtype=np.float32), np.zeros(width, np.float32), _names(width))
-    values = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(offset, width))
+        return sp.csr_matrix((len(acts), width), dtype=np.float32)
+    values = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(acts), width))
     values.sum_duplicates()
-    maxes = np.asarray(values.max(axis=0).todense(), dtype=np.float32).ravel()
-    values.data /= maxes[values.indices]
-    return FeatureMatrix(values, maxes, _names(width))
+    return values
+
+
+def shard_neurons(store: ActivationStore, shard: int, *, layer: int) -> np.ndarray:
+    """The positive part of one shard's activations (``n_shard_tokens x d_model``, float32): the neurons as features."""
+    return np.maximum(np.asarray(store.shard_activations(shard, layer), dtype=np.float32), 0)
 
 
 def _names(width: int) -> list[str]:
@@ -122,8 +145,8 @@ def neuron_matrix(store: ActivationStore, *, layer: int, batch_size: int = 8192)
     """The model's own units as features (the identity-dictionary control), positive part normalised by the maximum."""
 
     def chunks() -> Any:
-        for x in store.iter_batches(layer, batch_size, shuffle=False, as_torch=False):
-            yield np.asarray(x, dtype=np.float32)
+        for i in range(len(store.shards)):
+            yield shard_neurons(store, i, layer=layer)
 
     values, maxes = _csr_from_dense_chunks(chunks, store.d_model)
     return FeatureMatrix(values, maxes, [f"u{i:04d}" for i in range(store.d_model)])
@@ -373,9 +396,6 @@ def associate(
     of every pair at its chosen threshold (:func:`workbench.stratified.mantel_haenszel`) to ``pairs`` and ``best``
     (see :class:`Association`).
     """
-    import pandas as pd
-    from scipy.stats import false_discovery_control, hypergeom
-
     if features.values.shape[0] != labels.n_tokens or len(token_sequence) != labels.n_tokens:
         raise WorkbenchError(
             f"features cover {features.values.shape[0]} tokens, labels {labels.n_tokens}: they come from different stores"
@@ -387,21 +407,71 @@ def associate(
     lab = labels.tokens.tocsr()
     inst = labels.instances.tocsr()
     masks, scope_index = labels.scope_matrix("token")
-    n_tokens = labels.n_tokens
-    # Tokens in each concept's scope: the population of its precision and enrichment (n_tokens when unscoped).
+    if masks is not None:
+        masks = masks.astype(np.float32)  # once, for the products of count_pairs
+    counts = {name: split_counts(values[rows], lab[rows], inst[rows], None if masks is None else masks[rows], thresholds,
+                                 scope_index) for name, rows in parts.items()}
+    n_scope = scope_sizes(masks, scope_index, labels.n_tokens)
+    result = association_from_counts(
+        counts, names=features.names, concepts=labels.token_concepts["concept"].tolist(), n_tokens=labels.n_tokens,
+        n_scope=n_scope, scoped=masks is not None, thresholds=thresholds, top_per_threshold=top_per_threshold,
+        params={"split_seed": split_seed, "n_permutations": n_permutations, "seed": seed, "stratified": strata is not None},
+        null=lambda observed: _permutation_null(values, lab, inst, parts, thresholds, observed, n_permutations, seed,
+                                                scopes=masks, scope_index=scope_index),
+        strata=None if strata is None else lambda best_t, keep, q: _strata_columns(values, lab, strata, thresholds, best_t,
+                                                                                   keep, q, masks, scope_index),
+    )
+    return result
+
+
+def _strata_columns(values: Any, lab: Any, strata: np.ndarray, thresholds: Sequence[float], best_t: np.ndarray,
+                    keep: np.ndarray, q: np.ndarray, masks: Any, scope_index: np.ndarray) -> pd.DataFrame:
+    from workbench.stratified import pair_columns
+
+    return pair_columns(values, lab, strata, thresholds, best_t, keep, q, scopes=masks, scope_index=scope_index)
+
+
+def scope_sizes(masks: np.ndarray | None, scope_index: np.ndarray, n_tokens: int) -> np.ndarray:
+    """Tokens in each concept's scope: the population of its precision and enrichment (``n_tokens`` when unscoped).
+    Per-shard sizes add up (:mod:`workbench.stream_associate`)."""
     n_scope = np.full(len(scope_index), n_tokens, dtype=np.int64)
     if masks is not None:
         scoped = scope_index >= 0
         n_scope[scoped] = masks.sum(0)[scope_index[scoped]]
-        masks = masks.astype(np.float32)  # once, for the products of count_pairs
-    counts: dict[str, list[dict[str, np.ndarray]]] = {"val": [], "test": []}
-    for name, rows in parts.items():
-        v, lb = _maybe_dense(values[rows]), lab[rows].astype(np.float32)
-        sc = None if masks is None else masks[rows]
-        side = _label_side(lb, _span_index(inst[rows], lb.shape[1]), sc)  # once per split, for every threshold
-        for t in thresholds:
-            counts[name].append(_count(_prepare_active(v > t), side, scope_index=scope_index))
-    active_key = "n_active" if masks is None else "n_active_scoped"
+    return n_scope
+
+
+def split_counts(values: sp.csr_matrix, lab: sp.csr_matrix, inst: sp.csr_matrix, masks: np.ndarray | None,
+                 thresholds: Sequence[float], scope_index: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The counts of :func:`count_pairs` at every threshold on one set of tokens (one split, or one shard's part of
+    it): additive over disjoint token sets whose spans do not cross between them (records never do)."""
+    v, lb = _maybe_dense(values), lab.astype(np.float32)
+    side = _label_side(lb, _span_index(inst, lb.shape[1]), masks)  # once per token set, for every threshold
+    return [_count(_prepare_active(v > t), side, scope_index=scope_index) for t in thresholds]
+
+
+def association_from_counts(
+    counts: dict[str, list[dict[str, np.ndarray]]],
+    *,
+    names: Sequence[str],
+    concepts: Sequence[str],
+    n_tokens: int,
+    n_scope: np.ndarray,
+    scoped: bool,
+    thresholds: Sequence[float],
+    top_per_threshold: int,
+    params: dict[str, Any],
+    null: Callable[[np.ndarray], dict[str, np.ndarray]],
+    strata: Callable[[np.ndarray, np.ndarray, np.ndarray], pd.DataFrame] | None = None,
+) -> Association:
+    """Everything :func:`associate` reports, from the validation and test counts (``counts["val"]``,
+    ``counts["test"]``: one :func:`split_counts` list each, possibly summed over shards). ``null`` maps each concept's
+    best validation F1 to the permutation-null columns; ``strata`` adds the stratified columns of the pairs."""
+    import pandas as pd
+    from scipy.stats import false_discovery_control, hypergeom
+
+    parts = ("val", "test")
+    active_key = "n_active_scoped" if scoped else "n_active"
     # F1 per split and threshold: (n_thresholds, features, concepts)
     f1 = {}
     stats = {}
@@ -420,23 +490,23 @@ def associate(
     # Enrichment at the chosen threshold, on all tokens of the concept's scope: hypergeometric upper tail P(X >= tp)
     # with N = tokens in scope, K = labelled tokens, n = active tokens in scope.
     tp_all = sum(np.stack([c["tp"] for c in counts[s]]) for s in parts)[best_t, fi, ci]
-    if masks is None:
+    if not scoped:
         n_act_all = sum(np.stack([c["n_active"] for c in counts[s]]) for s in parts)  # thresholds x features
         n_act = n_act_all[best_t, fi]
     else:
         n_act_all = sum(np.stack([c["n_active_scoped"] for c in counts[s]]) for s in parts)  # thresholds x f x c
         n_act = n_act_all[best_t, fi, ci]
-    n_lab = np.asarray(lab.sum(0)).ravel()[None, :].repeat(best_t.shape[0], 0)
+    n_labelled = sum(counts[s][0]["n_labelled"] for s in parts)
+    n_lab = np.asarray(n_labelled)[None, :].repeat(best_t.shape[0], 0)
     keep = tp_all > 0
     p = np.ones_like(tp_all, dtype=np.float64)
-    population = n_tokens if masks is None else np.broadcast_to(n_scope[None, :], best_t.shape)[keep]
+    population = n_tokens if not scoped else np.broadcast_to(n_scope[None, :], best_t.shape)[keep]
     p[keep] = hypergeom.sf(tp_all[keep] - 1, population, n_lab[keep], n_act[keep])
     q = np.ones_like(p)
     q[keep] = false_discovery_control(p[keep], method="bh")
 
-    concepts = labels.token_concepts["concept"].tolist()
     pairs = pd.DataFrame({
-        "feature": np.asarray(features.names)[fi[keep]],
+        "feature": np.asarray(names)[fi[keep]],
         "concept": np.asarray(concepts, dtype=object)[ci[keep]],
         "threshold": np.asarray(thresholds)[best_t[keep]],
         "val_f1": val_f1[keep], "test_f1": test_f1[keep], "test_precision": test_precision[keep],
@@ -445,34 +515,28 @@ def associate(
         "p_value": p[keep], "q_value": q[keep],
     })
     if strata is not None:
-        from workbench.stratified import pair_columns
-
-        cmh = pair_columns(values, lab, strata, thresholds, best_t, keep, q, scopes=masks, scope_index=scope_index)
-        pairs = pd.concat([pairs, cmh], axis=1)
+        pairs = pd.concat([pairs, strata(best_t, keep, q)], axis=1)
     pairs = pairs.sort_values(["concept", "val_f1"], ascending=[True, False], ignore_index=True)
 
     best_feature = val_f1.argmax(0)  # per concept
-    null = _permutation_null(values, lab, inst, parts, thresholds, val_f1.max(0), n_permutations, seed,
-                             scopes=masks, scope_index=scope_index)
     best = pd.DataFrame({
         "concept": concepts,
-        "best_feature": np.asarray(features.names)[best_feature],
+        "best_feature": np.asarray(names)[best_feature],
         "val_f1": val_f1.max(0),
         "test_f1": test_f1[best_feature, np.arange(len(concepts))],
         "threshold": np.asarray(thresholds)[best_t[best_feature, np.arange(len(concepts))]],
         "q_value": q[best_feature, np.arange(len(concepts))],
-        **null,
-        "n_labelled": np.asarray(lab.sum(0)).ravel().astype(int),
+        **null(val_f1.max(0)),
+        "n_labelled": np.asarray(n_labelled).astype(int),
         "n_scope": n_scope,
     })
     if strata is not None:
         from workbench.stratified import best_columns
 
         best = pd.concat([best, best_columns(pairs, best)], axis=1)
-    params = {"thresholds": list(thresholds), "split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
-              "stratified": strata is not None,
-              "n_tokens": n_tokens, "n_features": values.shape[1], "n_concepts": len(concepts), "captured_f1": CAPTURED_F1}
-    curves = _threshold_curves(stats["test"], val_f1, features.names, concepts, thresholds, top_per_threshold)
+    params = {"thresholds": list(thresholds), **params,
+              "n_tokens": n_tokens, "n_features": len(names), "n_concepts": len(concepts), "captured_f1": CAPTURED_F1}
+    curves = _threshold_curves(stats["test"], val_f1, names, concepts, thresholds, top_per_threshold)
     return Association(pairs, best, params, curves)
 
 

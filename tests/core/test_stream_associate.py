@@ -1,0 +1,113 @@
+"""The streamed association (shard by shard, 1 or 2 processes) gives the in-memory association's tables exactly."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import workbench
+from workbench.associate import associate_store
+from workbench.concepts import labels_from_spans, scope_labels
+from workbench.errors import WorkbenchError
+from workbench.sae import SAEConfig, SparseAutoencoder, save_sae
+from workbench.stream_associate import associate_streaming, feature_maxima
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def case(tiny_esm2: Path, oas_fasta: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A store of 40 real chains in several shards; residue concepts (one-token spans), an N-terminal and a middle
+    region (multi-token spans), the middle one scoped to residues 1-60; a random-weight SAE fitted to the store."""
+    root = tmp_path_factory.mktemp("stream")
+    store = workbench.extract(str(tiny_esm2), oas_fasta, layers=[1], out=root / "store", shard_tokens=700, progress=False)
+    assert len(store.shards) >= 4
+    obs = store.obs(["sequence_id", "position", "residue"])
+    ids = store.sequences["sequence_id"].astype(str).tolist()
+    residues = pd.DataFrame({"sequence_id": obs["sequence_id"], "start": obs["position"], "end": obs["position"],
+                             "concept": "aa=" + obs["residue"]})
+    regions = pd.DataFrame({"sequence_id": ids * 2, "start": [1] * len(ids) + [30] * len(ids),
+                            "end": [12] * len(ids) + [45] * len(ids), "concept": ["nterm"] * len(ids) + ["mid"] * len(ids)})
+    labels = labels_from_spans(obs, pd.concat([residues, regions], ignore_index=True)).select(min_tokens=20)
+    labels = scope_labels(labels, tokens=obs["position"].to_numpy() <= 60, name="first60", token_concepts=["mid"])
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=store.d_model, width=64, k=6, model=store.model, layer=1))
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.from_numpy(store.activations(1)[:2000].mean(0)))
+    save_sae(sae, root / "sae")
+    with open(root / "labels.pkl", "wb") as fh:
+        pickle.dump(labels, fh)
+    return store, labels, sae, root
+
+
+def same_tables(a, b) -> None:  # type: ignore[no-untyped-def]
+    for field in ("pairs", "best", "thresholds"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.equals(y), (field, x.compare(y) if x.shape == y.shape else (x.shape, y.shape))
+
+
+@pytest.mark.parametrize("features", ["sae", "neurons"])
+def test_streamed_tables_equal_the_in_memory_ones(case, features: str) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = case
+    sae = sae if features == "sae" else None
+    memory = associate_store(store, labels, layer=1, sae=sae, n_permutations=0)
+    streamed = associate_streaming(store, labels, layer=1, sae=sae, batch_size=300)
+    same_tables(memory, streamed)
+    assert streamed.params["streamed"] is True and (streamed.best["n_scope"] < store.n_tokens).sum() == 1
+    assert memory.best["test_f1"].max() > 0.3  # not a trivial case: some concept is picked up
+
+
+def test_feature_maxima_are_the_in_memory_maxima(case) -> None:  # type: ignore[no-untyped-def]
+    from workbench.associate import feature_matrix, neuron_matrix
+
+    store, _, sae, _ = case
+    assert np.array_equal(feature_maxima(store, layer=1, sae=sae), feature_matrix(store, sae, layer=1).max_activation)
+    assert np.array_equal(feature_maxima(store, layer=1), neuron_matrix(store, layer=1).max_activation)
+
+
+def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, root = case
+    one = associate_streaming(store, labels, layer=1, sae=sae)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, pickle
+        import workbench
+        from workbench.sae import load_sae
+        from workbench.stream_associate import associate_streaming
+        store = workbench.open_store({str(store.path)!r})
+        labels = pickle.load(open({str(root / 'labels.pkl')!r}, "rb"))
+        res = associate_streaming(store, labels, layer=1, sae=load_sae({str(root / 'sae')!r}))
+        with open(os.path.join({str(tmp_path)!r}, f"rank{{os.environ['RANK']}}.pkl"), "wb") as fh:
+            pickle.dump(res, fh)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(29700 + os.getpid() % 1000), str(script)], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for rank in (0, 1):
+        with open(tmp_path / f"rank{rank}.pkl", "rb") as fh:
+            two = pickle.load(fh)
+        same_tables(one, two)
+        assert two.params["world_size"] == 2
+
+
+def test_streaming_refuses_what_it_does_not_do(case) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = case
+    with pytest.raises(WorkbenchError, match="permutation null is not streamed"):
+        associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5)
+    obs = store.obs(["sequence_id", "position", "residue"]).iloc[:50]  # labels of another (shorter) store
+    other = labels_from_spans(obs, pd.DataFrame({"sequence_id": obs["sequence_id"][:1], "start": [1], "end": [3], "concept": ["x"]}))
+    with pytest.raises(WorkbenchError, match="labels cover 50 tokens"):
+        associate_streaming(store, other, layer=1, sae=sae)
+    with pytest.raises(WorkbenchError, match="layer 1"):
+        associate_streaming(store, labels, layer=2, sae=sae)
