@@ -19,8 +19,12 @@ the same result.
 Memory: one shard's codes and its labels, plus the counts (``thresholds x features x concepts`` per split). The token
 labels themselves are still a whole-store :class:`~workbench.concepts.ConceptLabels` (sparse, a few entries per token).
 
-Not streamed yet: the permutation null (its circular shift moves labels across shard boundaries) and the stratified
-test; ask for ``n_permutations=0`` and no strata, or use the in-memory path for them.
+The permutation null (labels shifted circularly along the tokens, :func:`~workbench.associate.associate`) is a third
+pass over the shards that serves every permutation at once: for each shift the tokens are cut into chunks that begin
+at the starts of the shifted sequences, next to the shard boundaries, so no span of a shifted concept is cut and each
+chunk's counts add up exactly; a chunk needs at most the shards it overlaps, and the shards are read in order and
+dropped once no chunk needs them. Under ``torchrun`` the permutations are divided among the ranks (each reads every
+shard in this pass) and their maxima all-reduced. Not streamed yet: the stratified test (``strata``).
 """
 
 from __future__ import annotations
@@ -51,7 +55,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.concepts import ConceptLabels
     from workbench.store import ActivationStore
 
-__all__ = ["associate_streaming", "feature_maxima"]
+__all__ = ["associate_streaming", "feature_maxima", "NULL_MEMORY"]
+
+NULL_MEMORY = 1 << 30
+"""Default bytes of permutation counts held at once (``thresholds x features x concepts`` float64 arrays per
+permutation); permutations beyond it take another read of the shards."""
 
 
 def _shard_values(store: ActivationStore, sae: Any, shard: int, layer: int, batch_size: int) -> sp.csr_matrix | np.ndarray:
@@ -114,12 +122,12 @@ def associate_streaming(
     seed: int = 0,
     top_per_threshold: int = 5,
     batch_size: int = 8192,
+    null_memory: int = NULL_MEMORY,
 ) -> Association:
     """:func:`~workbench.associate.associate_store` computed shard by shard (module docstring): the same tables, with
-    memory bounded by one shard. Run under ``torchrun`` to split the shards across processes; every rank returns the
-    same :class:`~workbench.associate.Association`."""
-    if n_permutations:
-        raise WorkbenchError("the permutation null is not streamed yet: pass n_permutations=0 or use associate_store")
+    memory bounded by a few shards plus the counts. Run under ``torchrun`` to split the shards (and the permutations)
+    across processes; every rank returns the same :class:`~workbench.associate.Association`. ``null_memory`` bounds
+    the permutation counts held at once (bytes): more permutations per read of the shards when it is larger."""
     if labels.n_tokens != store.n_tokens:
         raise WorkbenchError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     if sae is not None:
@@ -154,18 +162,140 @@ def associate_streaming(
             n_scope_sum = _all_reduce(n_scope_sum, dist, "sum")
             scoped = scope_index >= 0
             n_scope[scoped] = n_scope_sum[scoped].astype(np.int64)
+        is_val_tokens = is_val_seq[token_seq]
+
+        def null(observed: np.ndarray) -> dict[str, np.ndarray]:
+            if n_permutations <= 0:
+                return null_pvalues(observed, np.zeros((0, len(observed))))
+            maxima_null = _null_maxima(store, sae, layer, maxima, batch_size, labels, masks, scope_index, is_val_tokens,
+                                       thresholds, n_permutations, seed, dist, null_memory)
+            return null_pvalues(observed, maxima_null)
+
+        result = association_from_counts(
+            totals, names=names, concepts=labels.token_concepts["concept"].tolist(), n_tokens=labels.n_tokens,
+            n_scope=n_scope, scoped=masks is not None, thresholds=thresholds, top_per_threshold=top_per_threshold,
+            params={"split_seed": split_seed, "n_permutations": n_permutations, "seed": seed, "stratified": False},
+            null=null,
+        )
     finally:
         dist.close()
-    result = association_from_counts(
-        totals, names=names, concepts=labels.token_concepts["concept"].tolist(), n_tokens=labels.n_tokens,
-        n_scope=n_scope, scoped=masks is not None, thresholds=thresholds, top_per_threshold=top_per_threshold,
-        params={"split_seed": split_seed, "n_permutations": 0, "seed": seed, "stratified": False},
-        null=lambda observed: null_pvalues(observed, np.zeros((0, len(observed)))),
-    )
     result.params.update({"store": str(store.path), "model": store.model, "layer": layer,
                           "features": "sae" if sae is not None else "neurons", "streamed": True,
                           "world_size": dist.world_size})
     return result
+
+
+def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int, labels: ConceptLabels,
+                 masks: np.ndarray | None, scope_index: np.ndarray, is_val: np.ndarray, thresholds: Sequence[float],
+                 n_permutations: int, seed: int, dist: Dist, memory: int) -> np.ndarray:
+    """Per permutation and concept, the best validation F1 over features and thresholds with the labels shifted by
+    the permutation's shift: :func:`workbench.associate._permutation_null`'s maxima, computed over span-closed chunks
+    (module docstring). This rank computes permutations ``rank, rank + N, ...``, as many at a time as their counts fit
+    in ``memory`` bytes (one read of the shards per group); the others' rows are all-reduced in."""
+    n = labels.n_tokens
+    rng = np.random.default_rng(seed)
+    shifts = [int(rng.integers(1, n)) for _ in range(n_permutations)]  # the in-memory path's draws, in its order
+    mine = list(range(dist.rank, n_permutations, dist.world_size))
+    n_con = labels.tokens.shape[1]
+    out = np.zeros((n_permutations, n_con))
+    seqs = store.sequences
+    shard_starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
+    seq_starts = np.sort(shard_starts[seqs["shard"].to_numpy()] + seqs["offset"].to_numpy())
+    n_features = len(maxima)
+    per_permutation = len(thresholds) * n_features * n_con * (3 if masks is not None else 2) * 8  # tp, hits, scoped
+    group = max(1, int(memory // max(per_permutation, 1)))
+    for start in range(0, len(mine), group):  # one read of the shards per group of permutations
+        _null_group(mine[start : start + group], shifts, store, sae, layer, maxima, batch_size, labels, masks,
+                    scope_index, is_val, thresholds, shard_starts, seq_starts, out)
+    return _all_reduce(out, dist, "sum")
+
+
+def _null_group(mine: list[int], shifts: list[int], store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray,
+                batch_size: int, labels: ConceptLabels, masks: np.ndarray | None, scope_index: np.ndarray,
+                is_val: np.ndarray, thresholds: Sequence[float], shard_starts: np.ndarray, seq_starts: np.ndarray,
+                out: np.ndarray) -> None:
+    """The maxima of permutations ``mine`` (rows of ``out``) from one read of the shards."""
+    from workbench.associate import _f1
+
+    n, n_con = labels.n_tokens, labels.tokens.shape[1]
+    if mine:
+        tasks = []  # (perm, activation rows as one or two linear ranges)
+        for i in mine:
+            for lo, hi in _chunks(shard_starts, seq_starts, shifts[i], n):
+                tasks.append((i, lo, hi))
+        lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
+        counts: dict[int, list[dict[str, np.ndarray]]] = {}
+        window = _ShardWindow(store, sae, layer, maxima, batch_size, shard_starts)
+        head_end = max((hi - n for _, lo, hi in tasks if hi > n), default=0)
+        head = window.rows(0, head_end) if head_end else None  # the wrapped chunks' rows past the end, read once
+        ordered = sorted(tasks, key=lambda t: (t[2], t[1], t[0]))  # by end: shards are read once, in order
+        still_needed = np.minimum.accumulate(np.array([t[1] for t in ordered] + [n])[::-1])[::-1]
+        for j, (i, lo, hi) in enumerate(ordered):
+            rows = np.arange(lo, hi) % n
+            values = window.rows(lo, min(hi, n))
+            if hi > n:
+                import scipy.sparse as sp
+
+                values = sp.vstack([values, head[: hi - n]], format="csr")
+            window.release_before(int(still_needed[j + 1]))
+            val = np.flatnonzero(is_val[rows])
+            src = (rows[val] - shifts[i]) % n  # where the shifted labels of these tokens come from
+            part = split_counts(values[val], lab[src], inst[src], None if masks is None else masks[src], thresholds, scope_index)
+            counts[i] = _add({"val": counts[i]} if i in counts else None, {"val": part})["val"]
+        for i in mine:
+            best = np.zeros(n_con)
+            for c in counts.get(i, []):
+                c = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in c.items()}
+                n_act = c["n_active"] if masks is None else c["n_active_scoped"]
+                f1 = _f1(c["tp"], n_act, c["n_labelled"], c["hit_instances"], c["n_instances"])[3]
+                best = np.maximum(best, f1.max(0) if f1.size else 0.0)
+            out[i] = best
+
+
+def _chunks(shard_starts: np.ndarray, seq_starts: np.ndarray, shift: int, n: int) -> list[tuple[int, int]]:
+    """Activation rows of the span-closed chunks for one shift: ``[lo, hi)`` with ``hi`` up to ``2 n`` (a chunk past
+    the end continues at row 0). Boundaries are the starts of shifted sequences ``(start + shift) % n`` nearest at or
+    after each shard start, so every shifted sequence (and span) lies in one chunk."""
+    shifted = np.sort((seq_starts + shift) % n)
+    bounds = set()
+    for a in shard_starts[:-1]:
+        j = np.searchsorted(shifted, a)
+        bounds.add(int(shifted[j]) if j < len(shifted) else int(shifted[0]))
+    b = sorted(bounds)
+    return [(b[k], b[k + 1] if k + 1 < len(b) else b[0] + n) for k in range(len(b))]
+
+
+class _ShardWindow:
+    """Normalised feature values of consecutive shards, read in order and dropped once no chunk needs them."""
+
+    def __init__(self, store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int,
+                 shard_starts: np.ndarray) -> None:
+        self.store, self.sae, self.layer, self.maxima, self.batch_size = store, sae, layer, maxima, batch_size
+        self.starts = shard_starts
+        self.loaded: dict[int, Any] = {}
+
+    def _shard(self, k: int) -> Any:
+        if k not in self.loaded:
+            self.loaded[k] = _normalised(_shard_values(self.store, self.sae, k, self.layer, self.batch_size), self.maxima)
+        return self.loaded[k]
+
+    def rows(self, lo: int, hi: int) -> Any:
+        """Rows ``[lo, hi)`` of the store (within ``0..n``) as one CSR matrix."""
+        import scipy.sparse as sp
+
+        first = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        parts = []
+        k = first
+        while k < len(self.starts) - 1 and self.starts[k] < hi:
+            a, b = int(self.starts[k]), int(self.starts[k + 1])
+            parts.append(self._shard(k)[max(lo, a) - a : min(hi, b) - a])
+            k += 1
+        return sp.vstack(parts, format="csr") if len(parts) != 1 else sp.csr_matrix(parts[0])
+
+    def release_before(self, row: int) -> None:
+        """Drop the shards that end at or before ``row``."""
+        for k in [k for k in self.loaded if self.starts[k + 1] <= row]:
+            del self.loaded[k]
 
 
 def _scope_counts(masks: np.ndarray, scope_index: np.ndarray) -> np.ndarray:

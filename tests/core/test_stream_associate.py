@@ -55,12 +55,15 @@ def same_tables(a, b) -> None:  # type: ignore[no-untyped-def]
         assert x.equals(y), (field, x.compare(y) if x.shape == y.shape else (x.shape, y.shape))
 
 
-@pytest.mark.parametrize("features", ["sae", "neurons"])
-def test_streamed_tables_equal_the_in_memory_ones(case, features: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("features,permutations", [("sae", 0), ("neurons", 0), ("sae", 6), ("neurons", 3)])
+def test_streamed_tables_equal_the_in_memory_ones(case, features: str, permutations: int) -> None:  # type: ignore[no-untyped-def]
     store, labels, sae, _ = case
     sae = sae if features == "sae" else None
-    memory = associate_store(store, labels, layer=1, sae=sae, n_permutations=0)
-    streamed = associate_streaming(store, labels, layer=1, sae=sae, batch_size=300)
+    memory = associate_store(store, labels, layer=1, sae=sae, n_permutations=permutations, seed=3)
+    streamed = associate_streaming(store, labels, layer=1, sae=sae, batch_size=300, n_permutations=permutations, seed=3,
+                                   null_memory=1)  # one permutation per read of the shards
+    if permutations:
+        assert memory.best["null_p"].notna().all() and (memory.best["null_z"] != 0).any()
     same_tables(memory, streamed)
     assert streamed.params["streamed"] is True and (streamed.best["n_scope"] < store.n_tokens).sum() == 1
     assert memory.best["test_f1"].max() > 0.3  # not a trivial case: some concept is picked up
@@ -76,7 +79,7 @@ def test_feature_maxima_are_the_in_memory_maxima(case) -> None:  # type: ignore[
 
 def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, labels, sae, root = case
-    one = associate_streaming(store, labels, layer=1, sae=sae)
+    one = associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5)
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, pickle
@@ -85,7 +88,7 @@ def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None
         from workbench.stream_associate import associate_streaming
         store = workbench.open_store({str(store.path)!r})
         labels = pickle.load(open({str(root / 'labels.pkl')!r}, "rb"))
-        res = associate_streaming(store, labels, layer=1, sae=load_sae({str(root / 'sae')!r}))
+        res = associate_streaming(store, labels, layer=1, sae=load_sae({str(root / 'sae')!r}), n_permutations=5)
         with open(os.path.join({str(tmp_path)!r}, f"rank{{os.environ['RANK']}}.pkl"), "wb") as fh:
             pickle.dump(res, fh)
     """))
@@ -103,11 +106,18 @@ def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None
 
 def test_streaming_refuses_what_it_does_not_do(case) -> None:  # type: ignore[no-untyped-def]
     store, labels, sae, _ = case
-    with pytest.raises(WorkbenchError, match="permutation null is not streamed"):
-        associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5)
     obs = store.obs(["sequence_id", "position", "residue"]).iloc[:50]  # labels of another (shorter) store
     other = labels_from_spans(obs, pd.DataFrame({"sequence_id": obs["sequence_id"][:1], "start": [1], "end": [3], "concept": ["x"]}))
     with pytest.raises(WorkbenchError, match="labels cover 50 tokens"):
         associate_streaming(store, other, layer=1, sae=sae)
     with pytest.raises(WorkbenchError, match="layer 1"):
         associate_streaming(store, labels, layer=2, sae=sae)
+
+
+def test_a_single_shard_store_gives_the_in_memory_null(case, tiny_esm2: Path, oas_fasta: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One shard: every shift's only chunk wraps around the whole store."""
+    store, labels, _, _ = case
+    single = workbench.extract(str(tiny_esm2), oas_fasta, layers=[1], out=tmp_path / "one", progress=False)
+    assert len(single.shards) == 1 and single.n_tokens == store.n_tokens
+    memory = associate_store(single, labels, layer=1, n_permutations=4, seed=1)
+    same_tables(memory, associate_streaming(single, labels, layer=1, n_permutations=4, seed=1))
