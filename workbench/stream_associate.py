@@ -29,7 +29,10 @@ shard in this pass) and their maxima all-reduced. Not streamed yet: the stratifi
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,8 +65,25 @@ NULL_MEMORY = 1 << 30
 permutation); permutations beyond it take another read of the shards."""
 
 
-def _shard_values(store: ActivationStore, sae: Any, shard: int, layer: int, batch_size: int) -> sp.csr_matrix | np.ndarray:
-    return shard_codes(store, sae, shard, layer=layer, batch_size=batch_size) if sae is not None else shard_neurons(store, shard, layer=layer)
+def _shard_values(store: ActivationStore, sae: Any, shard: int, layer: int, batch_size: int,
+                  cache: Path | None = None) -> sp.csr_matrix | np.ndarray:
+    """One shard's feature values before normalisation. SAE codes are kept in ``cache`` (a folder; one ``.npz`` per
+    shard) the first time, so the later passes read them instead of encoding the shard again; neurons are read from
+    the store itself."""
+    if sae is None:
+        return shard_neurons(store, shard, layer=layer)
+    if cache is None:
+        return shard_codes(store, sae, shard, layer=layer, batch_size=batch_size)
+    import scipy.sparse as sp
+
+    path = cache / f"shard-{shard:05d}.npz"
+    if path.is_file():
+        return sp.load_npz(path).tocsr()
+    values = shard_codes(store, sae, shard, layer=layer, batch_size=batch_size)
+    tmp = cache / f".shard-{shard:05d}.tmp.npz"
+    sp.save_npz(tmp, values, compressed=False)
+    os.replace(tmp, path)
+    return values
 
 
 def _column_max(values: sp.csr_matrix | np.ndarray, n: int) -> np.ndarray:
@@ -75,14 +95,14 @@ def _column_max(values: sp.csr_matrix | np.ndarray, n: int) -> np.ndarray:
 
 
 def feature_maxima(store: ActivationStore, *, layer: int, sae: Any | None = None, batch_size: int = 8192,
-                   dist: Dist | None = None) -> np.ndarray:
+                   dist: Dist | None = None, cache: Path | None = None) -> np.ndarray:
     """Per-feature maximum activation over the store (SAE codes, or the neurons' positive part when ``sae`` is None);
-    this rank's shards, all-reduced with max across ranks."""
+    this rank's shards, all-reduced with max across ranks. ``cache``: a folder that keeps the codes for later passes."""
     dist = dist or Dist()
     n = sae.cfg.width if sae is not None else store.d_model
     maxima = np.zeros(n, dtype=np.float32)
     for i in range(dist.rank, len(store.shards), dist.world_size):
-        maxima = np.maximum(maxima, _column_max(_shard_values(store, sae, i, layer, batch_size), n))
+        maxima = np.maximum(maxima, _column_max(_shard_values(store, sae, i, layer, batch_size, cache), n))
     return _all_reduce(maxima, dist, "max").astype(np.float32)
 
 
@@ -123,19 +143,27 @@ def associate_streaming(
     top_per_threshold: int = 5,
     batch_size: int = 8192,
     null_memory: int = NULL_MEMORY,
+    code_cache: bool | str | os.PathLike[str] = True,
 ) -> Association:
     """:func:`~workbench.associate.associate_store` computed shard by shard (module docstring): the same tables, with
     memory bounded by a few shards plus the counts. Run under ``torchrun`` to split the shards (and the permutations)
     across processes; every rank returns the same :class:`~workbench.associate.Association`. ``null_memory`` bounds
-    the permutation counts held at once (bytes): more permutations per read of the shards when it is larger."""
+    the permutation counts held at once (bytes): more permutations per read of the shards when it is larger.
+    ``code_cache``: the SAE codes of each shard are written once (``True``: a temporary folder removed at the end; a
+    path: that folder, kept; ``False``: none, every pass encodes again) and read back by the later passes; on disk they
+    take about ``8 x L0`` bytes per token."""
     if labels.n_tokens != store.n_tokens:
         raise WorkbenchError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     if sae is not None:
         _check_sae(store, sae, layer)
     names = _names(sae.cfg.width) if sae is not None else [f"u{i:04d}" for i in range(store.d_model)]
     dist = Dist.setup("cpu")
+    scratch = tempfile.TemporaryDirectory(prefix="workbench-codes-") if code_cache is True and sae is not None else None
+    cache = Path(scratch.name) if scratch is not None else (Path(code_cache) if code_cache not in (True, False) else None)
+    if cache is not None:
+        _claim_cache(cache, store, sae, layer, batch_size)
     try:
-        maxima = feature_maxima(store, layer=layer, sae=sae, batch_size=batch_size, dist=dist)
+        maxima = feature_maxima(store, layer=layer, sae=sae, batch_size=batch_size, dist=dist, cache=cache)
         is_val_seq = sequence_split(store.sequences["sequence_id"].astype(str).tolist(), seed=split_seed)
         token_seq = store.token_sequence()
         lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
@@ -147,7 +175,7 @@ def associate_streaming(
         n_scope_sum = np.zeros(len(scope_index), dtype=np.float64)
         for i in range(dist.rank, len(store.shards), dist.world_size):
             a, b = int(starts[i]), int(starts[i + 1])
-            values = _normalised(_shard_values(store, sae, i, layer, batch_size), maxima)
+            values = _normalised(_shard_values(store, sae, i, layer, batch_size, cache), maxima)
             is_val = is_val_seq[token_seq[a:b]]
             shard = {}
             for name, rows in (("val", np.flatnonzero(is_val)), ("test", np.flatnonzero(~is_val))):
@@ -168,7 +196,7 @@ def associate_streaming(
             if n_permutations <= 0:
                 return null_pvalues(observed, np.zeros((0, len(observed))))
             maxima_null = _null_maxima(store, sae, layer, maxima, batch_size, labels, masks, scope_index, is_val_tokens,
-                                       thresholds, n_permutations, seed, dist, null_memory)
+                                       thresholds, n_permutations, seed, dist, null_memory, cache)
             return null_pvalues(observed, maxima_null)
 
         result = association_from_counts(
@@ -179,6 +207,8 @@ def associate_streaming(
         )
     finally:
         dist.close()
+        if scratch is not None:
+            scratch.cleanup()
     result.params.update({"store": str(store.path), "model": store.model, "layer": layer,
                           "features": "sae" if sae is not None else "neurons", "streamed": True,
                           "world_size": dist.world_size})
@@ -187,7 +217,7 @@ def associate_streaming(
 
 def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int, labels: ConceptLabels,
                  masks: np.ndarray | None, scope_index: np.ndarray, is_val: np.ndarray, thresholds: Sequence[float],
-                 n_permutations: int, seed: int, dist: Dist, memory: int) -> np.ndarray:
+                 n_permutations: int, seed: int, dist: Dist, memory: int, cache: Path | None = None) -> np.ndarray:
     """Per permutation and concept, the best validation F1 over features and thresholds with the labels shifted by
     the permutation's shift: :func:`workbench.associate._permutation_null`'s maxima, computed over span-closed chunks
     (module docstring). This rank computes permutations ``rank, rank + N, ...``, as many at a time as their counts fit
@@ -206,14 +236,14 @@ def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarra
     group = max(1, int(memory // max(per_permutation, 1)))
     for start in range(0, len(mine), group):  # one read of the shards per group of permutations
         _null_group(mine[start : start + group], shifts, store, sae, layer, maxima, batch_size, labels, masks,
-                    scope_index, is_val, thresholds, shard_starts, seq_starts, out)
+                    scope_index, is_val, thresholds, shard_starts, seq_starts, out, cache)
     return _all_reduce(out, dist, "sum")
 
 
 def _null_group(mine: list[int], shifts: list[int], store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray,
                 batch_size: int, labels: ConceptLabels, masks: np.ndarray | None, scope_index: np.ndarray,
                 is_val: np.ndarray, thresholds: Sequence[float], shard_starts: np.ndarray, seq_starts: np.ndarray,
-                out: np.ndarray) -> None:
+                out: np.ndarray, cache: Path | None = None) -> None:
     """The maxima of permutations ``mine`` (rows of ``out``) from one read of the shards."""
     from workbench.associate import _f1
 
@@ -225,7 +255,7 @@ def _null_group(mine: list[int], shifts: list[int], store: ActivationStore, sae:
                 tasks.append((i, lo, hi))
         lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
         counts: dict[int, list[dict[str, np.ndarray]]] = {}
-        window = _ShardWindow(store, sae, layer, maxima, batch_size, shard_starts)
+        window = _ShardWindow(store, sae, layer, maxima, batch_size, shard_starts, cache)
         head_end = max((hi - n for _, lo, hi in tasks if hi > n), default=0)
         head = window.rows(0, head_end) if head_end else None  # the wrapped chunks' rows past the end, read once
         ordered = sorted(tasks, key=lambda t: (t[2], t[1], t[0]))  # by end: shards are read once, in order
@@ -269,14 +299,16 @@ class _ShardWindow:
     """Normalised feature values of consecutive shards, read in order and dropped once no chunk needs them."""
 
     def __init__(self, store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int,
-                 shard_starts: np.ndarray) -> None:
+                 shard_starts: np.ndarray, cache: Path | None = None) -> None:
         self.store, self.sae, self.layer, self.maxima, self.batch_size = store, sae, layer, maxima, batch_size
+        self.cache = cache
         self.starts = shard_starts
         self.loaded: dict[int, Any] = {}
 
     def _shard(self, k: int) -> Any:
         if k not in self.loaded:
-            self.loaded[k] = _normalised(_shard_values(self.store, self.sae, k, self.layer, self.batch_size), self.maxima)
+            self.loaded[k] = _normalised(_shard_values(self.store, self.sae, k, self.layer, self.batch_size, self.cache),
+                                         self.maxima)
         return self.loaded[k]
 
     def rows(self, lo: int, hi: int) -> Any:
@@ -296,6 +328,29 @@ class _ShardWindow:
         """Drop the shards that end at or before ``row``."""
         for k in [k for k in self.loaded if self.starts[k + 1] <= row]:
             del self.loaded[k]
+
+
+def _claim_cache(cache: Path, store: ActivationStore, sae: Any, layer: int, batch_size: int) -> None:
+    """Make ``cache`` hold codes of exactly this store, layer and SAE: a folder left by another one is emptied first
+    (its key, a hash of the store's manifest, the layer, the batch size and the SAE's weights, is kept beside)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(f"{store.manifest_sha256()}:{layer}:{batch_size}".encode())
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    key = h.hexdigest()
+    cache.mkdir(parents=True, exist_ok=True)
+    marker = cache / "cache.json"
+    try:
+        same = json.loads(marker.read_text()).get("key") == key
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for old in cache.glob("*shard-*.npz"):
+            old.unlink()
+        marker.write_text(json.dumps({"key": key, "store": str(store.path), "layer": layer}))
 
 
 def _scope_counts(masks: np.ndarray, scope_index: np.ndarray) -> np.ndarray:

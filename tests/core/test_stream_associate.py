@@ -121,3 +121,20 @@ def test_a_single_shard_store_gives_the_in_memory_null(case, tiny_esm2: Path, oa
     assert len(single.shards) == 1 and single.n_tokens == store.n_tokens
     memory = associate_store(single, labels, layer=1, n_permutations=4, seed=1)
     same_tables(memory, associate_streaming(single, labels, layer=1, n_permutations=4, seed=1))
+
+
+def test_code_cache_is_reused_only_for_the_same_sae(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = case
+    cache = tmp_path / "codes"
+    first = associate_streaming(store, labels, layer=1, sae=sae, code_cache=cache)
+    files = sorted(cache.glob("shard-*.npz"))
+    assert len(files) == len(store.shards)
+    same_tables(first, associate_streaming(store, labels, layer=1, sae=sae, code_cache=cache))  # read back
+    other = SparseAutoencoder(sae.cfg)  # other weights: the cache is emptied and rebuilt, not reused
+    with torch.no_grad():
+        other.load_state_dict(sae.state_dict())
+        other.W_enc.mul_(-1)
+    in_memory = associate_store(store, labels, layer=1, sae=other, n_permutations=0)
+    assert not in_memory.pairs.equals(first.pairs)  # the stale codes would have given the first tables
+    same_tables(in_memory, associate_streaming(store, labels, layer=1, sae=other, code_cache=cache))
+    same_tables(first, associate_streaming(store, labels, layer=1, sae=sae, code_cache=False))
