@@ -159,7 +159,8 @@ def associate_streaming(
     names = _names(sae.cfg.width) if sae is not None else [f"u{i:04d}" for i in range(store.d_model)]
     dist = Dist.setup("cpu")
     scratch = tempfile.TemporaryDirectory(prefix="workbench-codes-") if code_cache is True and sae is not None else None
-    cache = Path(scratch.name) if scratch is not None else (Path(code_cache) if code_cache not in (True, False) else None)
+    cache = Path(scratch.name) if scratch is not None else (
+        Path(code_cache) if code_cache not in (True, False) and sae is not None else None)  # neurons need no encoding
     if cache is not None:
         _claim_cache(cache, store, sae, layer, batch_size)
     try:

@@ -138,3 +138,6 @@ def test_code_cache_is_reused_only_for_the_same_sae(case, tmp_path: Path) -> Non
     assert not in_memory.pairs.equals(first.pairs)  # the stale codes would have given the first tables
     same_tables(in_memory, associate_streaming(store, labels, layer=1, sae=other, code_cache=cache))
     same_tables(first, associate_streaming(store, labels, layer=1, sae=sae, code_cache=False))
+    neurons = associate_streaming(store, labels, layer=1, code_cache=tmp_path / "unused")  # neurons need no cache
+    same_tables(associate_store(store, labels, layer=1, n_permutations=0), neurons)
+    assert not (tmp_path / "unused").exists()
