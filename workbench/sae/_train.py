@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 
 from workbench._dist import Dist, local_device
 from workbench._version import __version__
+from workbench.adapter import autocast as precision_context
 from workbench.errors import StoreError, WorkbenchError
 from workbench.store import ActivationStore, open_store, write_json_atomic
 
@@ -319,11 +321,8 @@ def train_saes(
             for spec, cfg, runtime in zip(runs, cfgs, runtimes)
         ]
         dist.barrier()
-        precision = runtimes[0]["precision"]
+        autocast = functools.partial(precision_context, device, runtimes[0]["precision"])  # one TrainConfig: one precision
         device_type = torch.device(device).type
-
-        def autocast() -> Any:
-            return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
         # Host synchronisations cost nothing on the CPU, so keep the exact per-step behaviour there; on a GPU read the
         # dead-latent flags and the loss every ``sync_every`` steps only.
@@ -335,7 +334,6 @@ def train_saes(
         bar = _progress(train.steps, step, progress and dist.rank == 0, len(active))
         t0, tokens0 = time.perf_counter(), step * train.batch_size
         stream = _batches(store, layer, local_batch, train, dist, skip=step, device=device)
-        x = None
         try:
             while step < train.steps:
                 x = next(stream)
