@@ -73,3 +73,13 @@ class Dist:
 
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return tensor
+
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` on one process."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out

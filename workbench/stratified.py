@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.concepts import ConceptLabels
 
-__all__ = ["Strata", "token_strata", "mantel_haenszel", "pair_columns", "best_columns", "strata_share", "STRATIFIED_OR",
+__all__ = ["Strata", "token_strata", "mantel_haenszel", "MantelHaenszelSums", "pair_columns", "columns_from_test", "best_columns", "strata_share", "STRATIFIED_OR",
            "STRATIFIED_Q"]
 
 STRATIFIED_OR = 2.0
@@ -113,107 +113,189 @@ def mantel_haenszel(values: sp.csr_matrix, labels: sp.csr_matrix, strata: np.nda
     Returns features x concepts arrays: ``observed`` (``sum a_k``), ``expected``, ``variance``, ``odds_ratio``
     (Mantel-Haenszel; inf when only concordant strata exist, NaN when the pair has no informative stratum), ``z``
     and ``p_value`` (one-sided, enrichment; NaN where the variance is 0), and per concept ``testable`` (the concept
-    varies inside at least one stratum of its scope).
+    varies inside at least one stratum of its scope). The same as :class:`MantelHaenszelSums` fed with all tokens at
+    once.
     """
     import scipy.sparse as sp
-    from scipy.stats import norm
 
-    strata = np.asarray(strata, dtype=np.int64)
-    n_tokens, n_feat = values.shape
-    n_con = labels.shape[1]
-    if len(strata) != n_tokens or labels.shape[0] != n_tokens:
-        raise InputError(f"strata ({len(strata)}), labels ({labels.shape[0]}) and features ({n_tokens}) cover different tokens")
-    if chosen.shape != (n_feat, n_con):
-        raise InputError(f"chosen thresholds have shape {chosen.shape}, want {(n_feat, n_con)}")
-    index = np.full(n_con, -1, dtype=np.int64) if scope_index is None else np.asarray(scope_index, dtype=np.int64)
-    if scopes is None:
-        index = np.full(n_con, -1, dtype=np.int64)
     values = sp.csr_matrix(values)
-    labels = sp.csr_matrix(labels, dtype=np.float32)
-    # One combined stratum per (scope, stratum): a scoped concept's strata hold only the tokens of its scope, and
-    # every scope is counted in the same products (a token sits in the all-tokens group and in each scope it is in).
-    groups, group_of = np.unique(index, return_inverse=True)
-    k_total = int(strata.max(initial=-1)) + 1
-    rows_g, cols_g = [], []
-    for g, scope in enumerate(groups):
-        rows = np.arange(n_tokens) if scope < 0 else np.flatnonzero(scopes[:, scope])
-        rows_g.append(rows)
-        cols_g.append(g * k_total + strata[rows])
-    combined, col_of = np.unique(np.concatenate(cols_g), return_inverse=True)
-    onehot = sp.csr_matrix((np.ones(len(col_of), dtype=np.float32), (np.concatenate(rows_g), col_of)),
-                           shape=(n_tokens, len(combined)))
-    n_k = np.asarray(onehot.sum(0), dtype=np.float64).ravel()
-    lookup = {int(c): i for i, c in enumerate(combined)}  # combined key -> column
-    # The (concept, combined stratum) cell of every labelled token: the membership matrix's columns.
-    lr, lc = labels.nonzero()
-    key = group_of[lc] * k_total + strata[lr]
-    keys, key_inv = np.unique(key, return_inverse=True)
-    col_cell = np.array([lookup[int(k)] for k in keys], dtype=np.int64)[key_inv]  # combined column of each entry
-    cell_key = lc.astype(np.int64) * len(combined) + col_cell
-    cells, cell_of = np.unique(cell_key, return_inverse=True)
-    cell_concept, cell_stratum = cells // len(combined), cells % len(combined)
-    member = sp.csr_matrix((np.ones(len(lr), dtype=np.float32), (lr, cell_of)), shape=(n_tokens, len(cells)))
-    cell_lab = np.bincount(cell_of, minlength=len(cells)).astype(np.float64)
-    v_cell = cell_lab * (n_k[cell_stratum] - cell_lab)
-    testable = np.bincount(cell_concept, weights=v_cell, minlength=n_con) > 0
-    w = np.where(n_k > 1, 1.0 / (n_k**2 * np.maximum(n_k - 1, 1)), 0.0)
-    shape_cs = (n_con, len(combined))
-    v_mat = sp.csr_matrix((v_cell * w[cell_stratum], (cell_concept, cell_stratum)), shape=shape_cs)
-    e_mat = sp.csr_matrix((cell_lab / n_k[cell_stratum], (cell_concept, cell_stratum)), shape=shape_cs)
+    if len(strata) != values.shape[0] or labels.shape[0] != values.shape[0]:
+        raise InputError(f"strata ({len(strata)}), labels ({labels.shape[0]}) and features ({values.shape[0]}) cover "
+                         "different tokens")
+    if chosen.shape != (values.shape[1], labels.shape[1]):
+        raise InputError(f"chosen thresholds have shape {chosen.shape}, want {(values.shape[1], labels.shape[1])}")
+    dense = values.nnz > DENSE_FRACTION * max(values.shape[0] * values.shape[1], 1)
+    sums = MantelHaenszelSums(labels, strata, thresholds, chosen, scopes=scopes, scope_index=scope_index, wanted=wanted,
+                              dense=dense)
+    sums.add(values, 0)
+    return sums.result()
 
-    out = {k: np.zeros((n_feat, n_con)) for k in ("observed", "expected", "variance", "r_sum", "s_sum")}
-    want = np.ones((n_feat, n_con), dtype=bool) if wanted is None else np.asarray(wanted, dtype=bool)
-    # Dense feature sets (neurons fire on about half the tokens) are counted with dense products.
-    dense = values.toarray() if values.nnz > DENSE_FRACTION * max(n_tokens * n_feat, 1) else None
-    for t_i in np.unique(chosen[want]):
-        pick = (chosen == t_i) & want
-        if dense is not None:
-            act_d = (dense > thresholds[int(t_i)]).astype(np.float32)
-            n_act = np.asarray(onehot.T @ act_d).T  # features x combined strata
-            per_cell = np.asarray(member.T @ act_d)  # cells x features: a_k
-            cell, f = np.nonzero(per_cell)
-            a_k = per_cell[cell, f].astype(np.float64)
+
+class MantelHaenszelSums:
+    """The sums behind :func:`mantel_haenszel`, accumulated over blocks of tokens (the shards of a store, in any
+    order, on any number of processes): per threshold the active tokens of each feature in each stratum and the
+    active-and-labelled tokens of each (feature, concept, stratum) cell. They are integer counts, so summing them in
+    blocks is exact and :meth:`result` equals the all-at-once test bit for bit.
+
+    The layout (strata, cells of labelled tokens, scopes) is built once from the whole-store ``labels`` and
+    ``strata`` (label-side, a few entries per token); ``dense`` picks the dense products (neurons) as
+    :func:`mantel_haenszel` does from the density of the whole feature matrix."""
+
+    def __init__(self, labels: sp.csr_matrix, strata: np.ndarray, thresholds: Sequence[float], chosen: np.ndarray, *,
+                 scopes: np.ndarray | None = None, scope_index: np.ndarray | None = None,
+                 wanted: np.ndarray | None = None, dense: bool = False) -> None:
+        import scipy.sparse as sp
+
+        strata = np.asarray(strata, dtype=np.int64)
+        n_tokens, n_con = labels.shape
+        if len(strata) != n_tokens:
+            raise InputError(f"strata ({len(strata)}) and labels ({n_tokens}) cover different tokens")
+        if chosen.ndim != 2 or chosen.shape[1] != n_con:
+            raise InputError(f"chosen thresholds have shape {chosen.shape}, want (features, {n_con})")
+        n_feat = chosen.shape[0]
+        index = np.full(n_con, -1, dtype=np.int64) if scope_index is None else np.asarray(scope_index, dtype=np.int64)
+        if scopes is None:
+            index = np.full(n_con, -1, dtype=np.int64)
+        labels = sp.csr_matrix(labels, dtype=np.float32)
+        # One combined stratum per (scope, stratum): a scoped concept's strata hold only the tokens of its scope, and
+        # every scope is counted in the same products (a token sits in the all-tokens group and in each scope it is in).
+        groups, group_of = np.unique(index, return_inverse=True)
+        k_total = int(strata.max(initial=-1)) + 1
+        rows_g, cols_g = [], []
+        for g, scope in enumerate(groups):
+            rows = np.arange(n_tokens) if scope < 0 else np.flatnonzero(scopes[:, scope])
+            rows_g.append(rows)
+            cols_g.append(g * k_total + strata[rows])
+        combined, col_of = np.unique(np.concatenate(cols_g), return_inverse=True)
+        self.onehot = sp.csr_matrix((np.ones(len(col_of), dtype=np.float32), (np.concatenate(rows_g), col_of)),
+                                    shape=(n_tokens, len(combined)))
+        self.n_k = np.asarray(self.onehot.sum(0), dtype=np.float64).ravel()
+        lookup = {int(c): i for i, c in enumerate(combined)}  # combined key -> column
+        # The (concept, combined stratum) cell of every labelled token: the membership matrix's columns.
+        lr, lc = labels.nonzero()
+        key = group_of[lc] * k_total + strata[lr]
+        keys, key_inv = np.unique(key, return_inverse=True)
+        col_cell = np.array([lookup[int(k)] for k in keys], dtype=np.int64)[key_inv]  # combined column of each entry
+        cell_key = lc.astype(np.int64) * len(combined) + col_cell
+        cells, cell_of = np.unique(cell_key, return_inverse=True)
+        self.cell_concept, self.cell_stratum = cells // len(combined), cells % len(combined)
+        self.member = sp.csr_matrix((np.ones(len(lr), dtype=np.float32), (lr, cell_of)), shape=(n_tokens, len(cells)))
+        self.cell_lab = np.bincount(cell_of, minlength=len(cells)).astype(np.float64)
+        v_cell = self.cell_lab * (self.n_k[self.cell_stratum] - self.cell_lab)
+        self.testable = np.bincount(self.cell_concept, weights=v_cell, minlength=n_con) > 0
+        n_k = self.n_k
+        w = np.where(n_k > 1, 1.0 / (n_k**2 * np.maximum(n_k - 1, 1)), 0.0)
+        shape_cs = (n_con, len(combined))
+        self.v_mat = sp.csr_matrix((v_cell * w[self.cell_stratum], (self.cell_concept, self.cell_stratum)), shape=shape_cs)
+        self.e_mat = sp.csr_matrix((self.cell_lab / n_k[self.cell_stratum], (self.cell_concept, self.cell_stratum)),
+                                   shape=shape_cs)
+        self.thresholds = list(thresholds)
+        self.chosen = np.asarray(chosen)
+        self.want = np.ones((n_feat, n_con), dtype=bool) if wanted is None else np.asarray(wanted, dtype=bool)
+        self.dense = dense
+        self.levels = [int(t) for t in np.unique(self.chosen[self.want])]
+        self.features = {t: np.flatnonzero(((self.chosen == t) & self.want).any(1)) for t in self.levels}
+        self.sums: dict[int, list[Any]] = {}
+
+    def add(self, values: sp.csr_matrix | np.ndarray, start: int) -> None:
+        """Count the tokens ``start .. start + len(values)`` (``values``: their normalised feature activations)."""
+        import scipy.sparse as sp
+
+        stop = start + values.shape[0]
+        onehot, member = self.onehot[start:stop], self.member[start:stop]
+        n_tokens, n_feat = values.shape
+        dense = None
+        if self.dense:
+            dense = values if isinstance(values, np.ndarray) else values.toarray()
         else:
-            feats = np.flatnonzero(pick.any(1))
-            part = values if len(feats) > 0.8 * n_feat else values[:, feats]
-            act = sp.csr_matrix(part > thresholds[int(t_i)], dtype=np.float32)
-            if part is not values:  # back to all feature columns, zero outside ``feats``
-                act = sp.csr_matrix((act.data, feats[act.indices], act.indptr), shape=(n_tokens, n_feat))
-            n_act = sp.csr_matrix(act.T @ onehot)  # features x combined strata, sparse (a feature fires in few)
-            n_act.sort_indices()
-            a = (act.T @ member).tocoo()  # features x cells: a_k
-            f, cell, a_k = a.row, a.col, a.data.astype(np.float64)
-        k, c = cell_stratum[cell], cell_concept[cell]
-        if dense is not None:
-            u = n_act * (n_k[None, :].astype(np.float32) - n_act)
-            expected = np.asarray(e_mat @ n_act.T).T  # features x concepts
-            variance = np.asarray(v_mat @ u.T).T
-            m_k = n_act[f, k].astype(np.float64)
-        else:
-            u = n_act.copy()
-            u.data = n_act.data * (n_k[n_act.indices] - n_act.data)
-            expected = (e_mat @ n_act.T).toarray().T
-            variance = (v_mat @ u.T).toarray().T
-            m_k = n_act.toarray()[f, k].astype(np.float64)  # float32 counts, looked up densely
-        l_k, nn = cell_lab[cell], n_k[k]
-        r_part = a_k * (nn - m_k - l_k + a_k) / nn
-        s_part = (a_k * a_k - a_k * m_k - a_k * l_k) / nn
-        shape = (n_feat, n_con)
-        for name, arr in (("observed", sp.csr_matrix((a_k, (f, c)), shape=shape).toarray()),
-                          ("expected", expected), ("variance", variance),
-                          ("r_sum", sp.csr_matrix((r_part, (f, c)), shape=shape).toarray()),
-                          ("s_sum", expected + sp.csr_matrix((s_part, (f, c)), shape=shape).toarray())):
-            out[name][pick] = arr[pick]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r, s = out["r_sum"], np.maximum(out["s_sum"], 0.0)
-        odds = np.where(s > 1e-12, r / np.where(s > 1e-12, s, 1.0), np.where(r > 1e-12, np.inf, np.nan))
-        var = out["variance"]
-        z = np.where(var > 0, (out["observed"] - out["expected"]) / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
-    p = np.full(z.shape, np.nan)
-    ok = np.isfinite(z)
-    p[ok] = norm.sf(z[ok])
-    return {"observed": out["observed"], "expected": out["expected"], "variance": var, "odds_ratio": odds, "z": z,
-            "p_value": p, "testable": testable}
+            values = sp.csr_matrix(values)
+        for t_i in self.levels:
+            threshold = self.thresholds[t_i]
+            if dense is not None:
+                act_d = (dense > threshold).astype(np.float32)
+                part = [np.asarray(onehot.T @ act_d, dtype=np.float64).T,  # features x combined strata
+                        np.asarray(member.T @ act_d, dtype=np.float64)]  # cells x features: a_k
+            else:
+                feats = self.features[t_i]
+                sub = values if len(feats) > 0.8 * n_feat else values[:, feats]
+                act = sp.csr_matrix(sub > threshold, dtype=np.float32)
+                if sub is not values:  # back to all feature columns, zero outside ``feats``
+                    act = sp.csr_matrix((act.data, feats[act.indices], act.indptr), shape=(n_tokens, n_feat))
+                part = [sp.csr_matrix(act.T @ onehot, dtype=np.float64),  # features x combined strata (a feature fires in few)
+                        sp.csr_matrix(act.T @ member, dtype=np.float64)]  # features x cells: a_k
+            got = self.sums.get(t_i)
+            self.sums[t_i] = part if got is None else [got[0] + part[0], got[1] + part[1]]
+
+    def state(self) -> dict[int, list[Any]]:
+        """The accumulated sums (to combine the ranks' with :meth:`merge`)."""
+        return self.sums
+
+    def merge(self, other: dict[int, list[Any]]) -> None:
+        """Add another accumulator's :meth:`state` (another rank's blocks)."""
+        for t_i, part in other.items():
+            got = self.sums.get(t_i)
+            self.sums[t_i] = part if got is None else [got[0] + part[0], got[1] + part[1]]
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The test of every wanted pair from the counts so far (see :func:`mantel_haenszel`)."""
+        import scipy.sparse as sp
+        from scipy.stats import norm
+
+        n_feat, n_con = self.chosen.shape
+        n_comb = len(self.n_k)
+        n_k, cell_lab, cell_stratum, cell_concept = self.n_k, self.cell_lab, self.cell_stratum, self.cell_concept
+        out = {k: np.zeros((n_feat, n_con)) for k in ("observed", "expected", "variance", "r_sum", "s_sum")}
+        for t_i in self.levels:
+            pick = (self.chosen == t_i) & self.want
+            got = self.sums.get(t_i)
+            if self.dense:
+                n_act, per_cell = ((np.zeros((n_feat, n_comb)), np.zeros((len(cell_lab), n_feat))) if got is None else got)
+                n_act = n_act.astype(np.float32)
+                per_cell = per_cell.astype(np.float32)
+                cell, f = np.nonzero(per_cell)
+                a_k = per_cell[cell, f].astype(np.float64)
+                u = n_act * (n_k[None, :].astype(np.float32) - n_act)
+                expected = np.asarray(self.e_mat @ n_act.T).T  # features x concepts
+                variance = np.asarray(self.v_mat @ u.T).T
+                k = cell_stratum[cell]
+                m_k = n_act[f, k].astype(np.float64)
+            else:
+                if got is None:
+                    got = [sp.csr_matrix((n_feat, n_comb)), sp.csr_matrix((n_feat, len(cell_lab)))]
+                n_act = sp.csr_matrix(got[0], dtype=np.float32)
+                n_act.sum_duplicates()
+                n_act.sort_indices()
+                a = sp.csr_matrix(got[1], dtype=np.float64)
+                a.sum_duplicates()
+                a.sort_indices()
+                a = a.tocoo()
+                f, cell, a_k = a.row, a.col, a.data
+                k = cell_stratum[cell]
+                u = n_act.copy()
+                u.data = n_act.data * (n_k[n_act.indices] - n_act.data)
+                expected = (self.e_mat @ n_act.T).toarray().T
+                variance = (self.v_mat @ u.T).toarray().T
+                m_k = np.asarray(n_act[f, k], dtype=np.float64).ravel()
+            c = cell_concept[cell]
+            l_k, nn = cell_lab[cell], n_k[k]
+            r_part = a_k * (nn - m_k - l_k + a_k) / nn
+            s_part = (a_k * a_k - a_k * m_k - a_k * l_k) / nn
+            shape = (n_feat, n_con)
+            for name, arr in (("observed", sp.csr_matrix((a_k, (f, c)), shape=shape).toarray()),
+                              ("expected", expected), ("variance", variance),
+                              ("r_sum", sp.csr_matrix((r_part, (f, c)), shape=shape).toarray()),
+                              ("s_sum", expected + sp.csr_matrix((s_part, (f, c)), shape=shape).toarray())):
+                out[name][pick] = arr[pick]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r, s = out["r_sum"], np.maximum(out["s_sum"], 0.0)
+            odds = np.where(s > 1e-12, r / np.where(s > 1e-12, s, 1.0), np.where(r > 1e-12, np.inf, np.nan))
+            var = out["variance"]
+            z = np.where(var > 0, (out["observed"] - out["expected"]) / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+        p = np.full(z.shape, np.nan)
+        ok = np.isfinite(z)
+        p[ok] = norm.sf(z[ok])
+        return {"observed": out["observed"], "expected": out["expected"], "variance": var, "odds_ratio": odds, "z": z,
+                "p_value": p, "testable": self.testable}
 
 
 def strata_share(values: sp.csr_matrix, strata: np.ndarray) -> np.ndarray:
@@ -251,11 +333,16 @@ def pair_columns(values: sp.csr_matrix, labels: sp.csr_matrix, strata: np.ndarra
     ``or_mh >= STRATIFIED_OR``; ``explained``: significant plainly (``q_value <= STRATIFIED_Q``) but not once
     stratified, including a feature constant inside every stratum where the concept varies (``p_cmh`` 1);
     ``not testable``: the concept does not vary inside any stratum of its scope; ``not significant``: neither) and ``explained_by_position`` (``stratified == "explained"``)."""
+    res = mantel_haenszel(values, labels, strata, thresholds, chosen, scopes=scopes, scope_index=scope_index,
+                          wanted=keep)
+    return columns_from_test(res, keep, plain_q)
+
+
+def columns_from_test(res: dict[str, np.ndarray], keep: np.ndarray, plain_q: np.ndarray) -> pd.DataFrame:
+    """:func:`pair_columns` from a finished test (:func:`mantel_haenszel` or :meth:`MantelHaenszelSums.result`)."""
     import pandas as pd
     from scipy.stats import false_discovery_control
 
-    res = mantel_haenszel(values, labels, strata, thresholds, chosen, scopes=scopes, scope_index=scope_index,
-                          wanted=keep)
     # A feature constant inside every stratum where a testable concept varies carries nothing beyond the strata:
     # p = 1 (explained), not "not testable", which is kept for concepts that the strata determine.
     p_all = np.where(np.isnan(res["p_value"]) & res["testable"][None, :], 1.0, res["p_value"])

@@ -24,7 +24,12 @@ pass over the shards that serves every permutation at once: for each shift the t
 at the starts of the shifted sequences, next to the shard boundaries, so no span of a shifted concept is cut and each
 chunk's counts add up exactly; a chunk needs at most the shards it overlaps, and the shards are read in order and
 dropped once no chunk needs them. Under ``torchrun`` the permutations are divided among the ranks (each reads every
-shard in this pass) and their maxima all-reduced. Not streamed yet: the stratified test (``strata``).
+shard in this pass) and their maxima all-reduced.
+
+The stratified test (``strata``, :mod:`workbench.stratified`) is one more pass once each pair's threshold is chosen:
+its sums (active tokens per feature and stratum, active-and-labelled tokens per feature, concept and stratum) are
+integer counts that add up over shards (:class:`~workbench.stratified.MantelHaenszelSums`); the ranks' sums are
+gathered and added.
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ from workbench.associate import (
     split_counts,
 )
 from workbench.errors import WorkbenchError
+from workbench.stratified import DENSE_FRACTION, MantelHaenszelSums, columns_from_test
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import scipy.sparse as sp
 
     from workbench.concepts import ConceptLabels
@@ -144,6 +151,7 @@ def associate_streaming(
     batch_size: int = 8192,
     null_memory: int = NULL_MEMORY,
     code_cache: bool | str | os.PathLike[str] = True,
+    strata: np.ndarray | None = None,
 ) -> Association:
     """:func:`~workbench.associate.associate_store` computed shard by shard (module docstring): the same tables, with
     memory bounded by a few shards plus the counts. Run under ``torchrun`` to split the shards (and the permutations)
@@ -151,7 +159,10 @@ def associate_streaming(
     the permutation counts held at once (bytes): more permutations per read of the shards when it is larger.
     ``code_cache``: the SAE codes of each shard are written once (``True``: a temporary folder removed at the end; a
     path: that folder, kept; ``False``: none, every pass encodes again) and read back by the later passes; on disk they
-    take about ``8 x L0`` bytes per token."""
+    take about ``8 x L0`` bytes per token. ``strata`` (one code per token) adds the stratified test, as in
+    :func:`~workbench.associate.associate`."""
+    if strata is not None and len(strata) != labels.n_tokens:
+        raise WorkbenchError(f"strata cover {len(strata)} tokens, the labels {labels.n_tokens}")
     if labels.n_tokens != store.n_tokens:
         raise WorkbenchError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     if sae is not None:
@@ -174,9 +185,11 @@ def associate_streaming(
         starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
         totals: dict[str, list[dict[str, np.ndarray]]] | None = None
         n_scope_sum = np.zeros(len(scope_index), dtype=np.float64)
+        nnz = np.zeros(1)
         for i in range(dist.rank, len(store.shards), dist.world_size):
             a, b = int(starts[i]), int(starts[i + 1])
             values = _normalised(_shard_values(store, sae, i, layer, batch_size, cache), maxima)
+            nnz += values.nnz
             is_val = is_val_seq[token_seq[a:b]]
             shard = {}
             for name, rows in (("val", np.flatnonzero(is_val)), ("test", np.flatnonzero(~is_val))):
@@ -200,11 +213,26 @@ def associate_streaming(
                                        thresholds, n_permutations, seed, dist, null_memory, cache)
             return null_pvalues(observed, maxima_null)
 
+        dense = float(_all_reduce(nnz, dist, "sum")[0]) > DENSE_FRACTION * max(labels.n_tokens * len(names), 1)
+
+        def stratified(best_t: np.ndarray, keep: np.ndarray, q: np.ndarray) -> pd.DataFrame:
+            sums = MantelHaenszelSums(lab, strata, thresholds, best_t, scopes=masks, scope_index=scope_index, wanted=keep,
+                                      dense=dense)
+            for i in range(dist.rank, len(store.shards), dist.world_size):
+                sums.add(_normalised(_shard_values(store, sae, i, layer, batch_size, cache), maxima), int(starts[i]))
+            if dist.world_size > 1:
+                states = dist.gather(sums.state())
+                sums.sums = {}
+                for state in states:
+                    sums.merge(state)  # type: ignore[arg-type]
+            return columns_from_test(sums.result(), keep, q)
+
         result = association_from_counts(
             totals, names=names, concepts=labels.token_concepts["concept"].tolist(), n_tokens=labels.n_tokens,
             n_scope=n_scope, scoped=masks is not None, thresholds=thresholds, top_per_threshold=top_per_threshold,
-            params={"split_seed": split_seed, "n_permutations": n_permutations, "seed": seed, "stratified": False},
-            null=null,
+            params={"split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
+                    "stratified": strata is not None},
+            null=null, strata=None if strata is None else stratified,
         )
     finally:
         dist.close()

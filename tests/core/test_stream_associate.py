@@ -69,6 +69,27 @@ def test_streamed_tables_equal_the_in_memory_ones(case, features: str, permutati
     assert memory.best["test_f1"].max() > 0.3  # not a trivial case: some concept is picked up
 
 
+def residue_strata(store, labels) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Strata of residue x position decile: the residue concepts are functions of them, the regions are not."""
+    from workbench.stratified import token_strata
+
+    obs = store.obs(["sequence_id", "position", "residue"]).assign(decile=lambda o: o["position"] // 10)
+    return token_strata(labels, obs, groups=(), columns=("residue", "decile"), sequence_groups=()).codes
+
+
+@pytest.mark.parametrize("features", ["sae", "neurons"])
+def test_streamed_stratified_test_equals_the_in_memory_one(case, features: str) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = case
+    sae = sae if features == "sae" else None
+    strata = residue_strata(store, labels)
+    memory = associate_store(store, labels, layer=1, sae=sae, n_permutations=0, strata=strata)
+    streamed = associate_streaming(store, labels, layer=1, sae=sae, strata=strata)
+    same_tables(memory, streamed)
+    status = streamed.pairs.groupby(streamed.pairs["concept"].str.startswith("aa="))["stratified"].agg(set)
+    assert status[True] == {"not testable"} and "not testable" not in status[False]
+    assert np.isfinite(streamed.pairs["or_mh"]).any() and streamed.params["stratified"] is True
+
+
 def test_feature_maxima_are_the_in_memory_maxima(case) -> None:  # type: ignore[no-untyped-def]
     from workbench.associate import feature_matrix, neuron_matrix
 
@@ -79,16 +100,20 @@ def test_feature_maxima_are_the_in_memory_maxima(case) -> None:  # type: ignore[
 
 def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, labels, sae, root = case
-    one = associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5)
+    strata = residue_strata(store, labels)
+    np.save(tmp_path / "strata.npy", strata)
+    one = associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5, strata=strata)
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, pickle
+        import numpy as np
         import workbench
         from workbench.sae import load_sae
         from workbench.stream_associate import associate_streaming
         store = workbench.open_store({str(store.path)!r})
         labels = pickle.load(open({str(root / 'labels.pkl')!r}, "rb"))
-        res = associate_streaming(store, labels, layer=1, sae=load_sae({str(root / 'sae')!r}), n_permutations=5)
+        res = associate_streaming(store, labels, layer=1, sae=load_sae({str(root / 'sae')!r}), n_permutations=5,
+                                  strata=np.load({str(tmp_path / 'strata.npy')!r}))
         with open(os.path.join({str(tmp_path)!r}, f"rank{{os.environ['RANK']}}.pkl"), "wb") as fh:
             pickle.dump(res, fh)
     """))
