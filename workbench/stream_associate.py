@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.concepts import ConceptLabels
     from workbench.store import ActivationStore
 
-__all__ = ["associate_streaming", "feature_maxima", "NULL_MEMORY"]
+__all__ = ["associate_streaming", "feature_maxima", "verdicts_streaming", "ShardFeatures", "NULL_MEMORY"]
 
 NULL_MEMORY = 1 << 30
 """Default bytes of permutation counts held at once (``thresholds x features x concepts`` float64 arrays per
@@ -152,6 +152,7 @@ def associate_streaming(
     null_memory: int = NULL_MEMORY,
     code_cache: bool | str | os.PathLike[str] = True,
     strata: np.ndarray | None = None,
+    maxima: np.ndarray | None = None,
 ) -> Association:
     """:func:`~workbench.associate.associate_store` computed shard by shard (module docstring): the same tables, with
     memory bounded by a few shards plus the counts. Run under ``torchrun`` to split the shards (and the permutations)
@@ -160,7 +161,8 @@ def associate_streaming(
     ``code_cache``: the SAE codes of each shard are written once (``True``: a temporary folder removed at the end; a
     path: that folder, kept; ``False``: none, every pass encodes again) and read back by the later passes; on disk they
     take about ``8 x L0`` bytes per token. ``strata`` (one code per token) adds the stratified test, as in
-    :func:`~workbench.associate.associate`."""
+    :func:`~workbench.associate.associate`. ``maxima``: the per-feature maxima when already known
+    (:func:`feature_maxima`), which saves their pass."""
     if strata is not None and len(strata) != labels.n_tokens:
         raise WorkbenchError(f"strata cover {len(strata)} tokens, the labels {labels.n_tokens}")
     if labels.n_tokens != store.n_tokens:
@@ -175,7 +177,8 @@ def associate_streaming(
     if cache is not None:
         _claim_cache(cache, store, sae, layer, batch_size)
     try:
-        maxima = feature_maxima(store, layer=layer, sae=sae, batch_size=batch_size, dist=dist, cache=cache)
+        if maxima is None:
+            maxima = feature_maxima(store, layer=layer, sae=sae, batch_size=batch_size, dist=dist, cache=cache)
         is_val_seq = sequence_split(store.sequences["sequence_id"].astype(str).tolist(), seed=split_seed)
         token_seq = store.token_sequence()
         lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
@@ -242,6 +245,73 @@ def associate_streaming(
                           "features": "sae" if sae is not None else "neurons", "streamed": True,
                           "world_size": dist.world_size})
     return result
+
+
+class ShardFeatures:
+    """One representation's normalised feature values shard by shard: SAE codes (``sae``) or the neurons' positive
+    part (``sae`` None) of ``store`` at ``layer``, divided by the whole store's per-feature maxima (``maxima``, or
+    computed by :func:`feature_maxima`); SAE codes are kept in ``cache`` (a folder) after the first encoding."""
+
+    def __init__(self, store: ActivationStore, layer: int, sae: Any | None = None, *, maxima: np.ndarray | None = None,
+                 cache: Path | None = None, batch_size: int = 8192, dist: Dist | None = None) -> None:
+        if sae is not None:
+            _check_sae(store, sae, layer)
+        self.store, self.layer, self.sae, self.batch_size = store, layer, sae, batch_size
+        self.cache = cache if sae is not None else None
+        if self.cache is not None:
+            _claim_cache(self.cache, store, sae, layer, batch_size)
+        self.maxima = maxima if maxima is not None else feature_maxima(store, layer=layer, sae=sae, batch_size=batch_size,
+                                                                       dist=dist, cache=self.cache)
+        self.names = _names(sae.cfg.width) if sae is not None else [f"u{i:04d}" for i in range(store.d_model)]
+        self.starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])]).astype(np.int64)
+
+    def shard(self, i: int) -> sp.csr_matrix:
+        """Shard ``i``'s ``tokens x features`` values, each feature divided by its maximum."""
+        return _normalised(_shard_values(self.store, self.sae, i, self.layer, self.batch_size, self.cache), self.maxima)
+
+
+def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representations: dict[str, tuple[ShardFeatures, Association]],
+                       *, reference: str = "sae", n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                       split_seed: int = 0) -> pd.DataFrame:
+    """:func:`~workbench.verdicts.concept_verdicts` shard by shard: the per-test-sequence counts of each concept's
+    chosen feature (:func:`~workbench.verdicts.block_counts`) add up over shards (a sequence lies in one shard), and
+    the bootstrap runs on their sums; under ``torchrun`` every rank counts its shards and the sums are all-reduced.
+    ``representations`` maps a name to its :class:`ShardFeatures` (on a store with the same tokens) and its
+    streamed association. The table equals the in-memory one."""
+    from workbench.verdicts import _test_tokens, add_counts, block_counts, verdicts_from_counts
+
+    concepts = labels.token_concepts["concept"].astype(str).tolist()
+    for name, (features, assoc) in representations.items():
+        if assoc.params.get("split_seed") != split_seed:
+            raise WorkbenchError(f"association {name!r} used split_seed {assoc.params.get('split_seed')}, not {split_seed}")
+        if features.store.n_tokens != labels.n_tokens:
+            raise WorkbenchError(f"features {name!r} cover {features.store.n_tokens} tokens, labels {labels.n_tokens}")
+    tok_test, n_test = _test_tokens(store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence(), split_seed)
+    lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
+    masks, scope_index = labels.scope_matrix("token")
+    starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
+    dist = Dist.setup("cpu")
+    try:
+        total = None
+        for i in range(dist.rank, len(store.shards), dist.world_size):
+            a, b = int(starts[i]), int(starts[i + 1])
+            reps = {name: (f.shard(i), f.names, assoc.best) for name, (f, assoc) in representations.items()}
+            total = add_counts(total, block_counts(reps, lab[a:b], inst[a:b], None if masks is None else masks[a:b],
+                                                   scope_index, tok_test[a:b], n_test))
+        if total is None:  # a rank without shards
+            n_con = len(concepts)
+            total = {"n_labelled": np.zeros((n_con, n_test)), "n_instances": np.zeros((n_con, n_test)),
+                     **{name: {k: np.zeros((n_con, n_test)) for k in ("tp", "n_active", "hit")} for name in representations}}
+        for key, value in total.items():
+            if isinstance(value, dict):
+                for k in value:
+                    value[k] = _all_reduce(value[k], dist, "sum")
+            else:
+                total[key] = _all_reduce(value, dist, "sum")
+    finally:
+        dist.close()
+    return verdicts_from_counts(total, {name: assoc for name, (_, assoc) in representations.items()}, concepts,
+                                reference=reference, n_boot=n_boot, ci=ci, seed=seed)
 
 
 def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int, labels: ConceptLabels,

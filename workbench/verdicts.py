@@ -28,7 +28,7 @@ from workbench.errors import InputError, WorkbenchError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["concept_verdicts"]
+__all__ = ["concept_verdicts", "block_counts", "add_counts", "verdicts_from_counts"]
 
 _CONSISTENCY = 1e-6
 """Largest allowed gap between a recomputed test F1 and the association's: beyond it, inputs do not match."""
@@ -57,13 +57,7 @@ def concept_verdicts(results: Mapping[str, tuple[FeatureMatrix, Association]], l
       ``captured_f1``), else ``"; "``-joined parts ``"beats <names>"``, ``"<names> as good"`` (interval holds 0),
       ``"<names> better"`` (interval below 0), e.g. ``"beats neurons; random as good"``.
     """
-    import pandas as pd
-
-    names = list(results)
-    if reference not in results:
-        raise InputError(f"reference {reference!r} is not among the representations {names}")
-    if n_boot < 1 or not 0 < ci < 1:
-        raise InputError(f"need n_boot >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
+    _check_options(list(results), reference, n_boot, ci)
     token_sequence = np.asarray(token_sequence, dtype=np.int64)
     if len(token_sequence) != labels.n_tokens:
         raise WorkbenchError(f"token_sequence has {len(token_sequence)} entries for {labels.n_tokens} labelled tokens")
@@ -77,18 +71,70 @@ def concept_verdicts(results: Mapping[str, tuple[FeatureMatrix, Association]], l
         if assoc.best["concept"].astype(str).tolist() != concepts:
             raise WorkbenchError(f"association {name!r} was computed on other concepts than these labels")
 
+    tok_test, n_test = _test_tokens(sequence_ids, token_sequence, split_seed)
+    masks, scope_index = labels.scope_matrix("token")
+    counts = block_counts({name: (features.values, features.names, assoc.best) for name, (features, assoc) in results.items()},
+                          labels.tokens, labels.instances, masks, scope_index, tok_test, n_test)
+    return verdicts_from_counts(counts, {name: assoc for name, (_, assoc) in results.items()}, concepts,
+                                reference=reference, n_boot=n_boot, ci=ci, seed=seed, captured_f1=captured_f1)
+
+
+def _check_options(names: Sequence[str], reference: str, n_boot: int, ci: float) -> None:
+    if reference not in names:
+        raise InputError(f"reference {reference!r} is not among the representations {list(names)}")
+    if n_boot < 1 or not 0 < ci < 1:
+        raise InputError(f"need n_boot >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
+
+
+def _test_tokens(sequence_ids: Sequence[str], token_sequence: np.ndarray, split_seed: int) -> tuple[np.ndarray, int]:
+    """Each token's index among the test sequences (-1 for validation tokens) and the number of test sequences."""
     is_val = sequence_split(sequence_ids, seed=split_seed)
     test_index = np.full(len(is_val), -1, dtype=np.int64)
     test_index[~is_val] = np.arange(int((~is_val).sum()))
-    n_test = int((~is_val).sum())
-    tok_test = test_index[token_sequence]
-    shared = _concept_tokens(labels, tok_test, n_test)
-    counts = {name: _sequence_counts(name, features, assoc.best, labels, shared, tok_test, n_test)
-              for name, (features, assoc) in results.items()}
+    return test_index[np.asarray(token_sequence, dtype=np.int64)], int((~is_val).sum())
 
+
+def block_counts(reps: Mapping[str, tuple[Any, Sequence[str], pd.DataFrame]], lab: Any, inst: Any, masks: np.ndarray | None,
+                 scope_index: np.ndarray, tok_test: np.ndarray, n_test: int) -> dict[str, Any]:
+    """The per-test-sequence counts behind the verdicts on one block of tokens (a shard, or the whole store):
+    ``n_labelled`` and ``n_instances`` (concepts x test sequences) and per representation ``tp``, ``n_active`` and
+    ``hit`` of each concept's chosen feature and threshold. ``reps`` maps a representation to the block's normalised
+    values (tokens x features), its feature names and its association's ``best``; ``lab``, ``inst``, ``masks`` are the
+    block's rows of the labels, ``tok_test`` its tokens' test-sequence index. Counts of blocks whose spans stay inside
+    them (shards: records never cross one) add up to the whole store's."""
+    shared = _concept_tokens(lab, inst, masks, scope_index, tok_test, n_test)
+    out: dict[str, Any] = {"n_labelled": shared["n_labelled"], "n_instances": shared["n_instances"]}
+    for name, (values, names, best) in reps.items():
+        out[name] = _sequence_counts(name, values, names, best, shared, tok_test, n_test)
+    return out
+
+
+def add_counts(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """The sum of two :func:`block_counts` (in place on ``total``)."""
+    if total is None:
+        return part
+    for key, value in part.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                total[key][k] += v
+        else:
+            total[key] += value
+    return total
+
+
+def verdicts_from_counts(counts: dict[str, Any], associations: Mapping[str, Association], concepts: Sequence[str], *,
+                         reference: str = "sae", n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                         captured_f1: float = CAPTURED_F1) -> pd.DataFrame:
+    """:func:`concept_verdicts` from the whole store's :func:`block_counts` (summed over blocks)."""
+    import pandas as pd
+
+    names = list(associations)
+    _check_options(names, reference, n_boot, ci)
+    shared = {"n_labelled": counts["n_labelled"], "n_instances": counts["n_instances"]}
+    n_test = shared["n_labelled"].shape[1]
     ones = np.ones((1, n_test))
-    point = {name: _f1_from(ones, c, shared)[0] for name, c in counts.items()}
-    for name, (_, assoc) in results.items():
+    point = {name: _f1_from(ones, counts[name], shared)[0] for name in names}
+    for name, assoc in associations.items():
         gap = np.nan_to_num(np.abs(point[name] - assoc.best["test_f1"].to_numpy(dtype=np.float64)), nan=np.inf)
         if len(gap) and gap.max() > _CONSISTENCY:
             j = int(gap.argmax())
@@ -96,11 +142,11 @@ def concept_verdicts(results: Mapping[str, tuple[FeatureMatrix, Association]], l
                                  f"{assoc.best['test_f1'].iloc[j]:.6f}: features or labels are not the association's")
 
     weights = _resample_weights(n_boot, n_test, seed)
-    boot = {name: _f1_from(weights, c, shared) for name, c in counts.items()}
+    boot = {name: _f1_from(weights, counts[name], shared) for name in names}
     has_test = shared["n_labelled"].sum(1) > 0
     captured = point[reference] > captured_f1
-    out: dict[str, Any] = {"concept": concepts, "n_test_sequences": (shared["n_labelled"] > 0).sum(1)}
-    for name, (_, assoc) in results.items():
+    out: dict[str, Any] = {"concept": list(concepts), "n_test_sequences": (shared["n_labelled"] > 0).sum(1)}
+    for name, assoc in associations.items():
         out[f"f1_{name}"] = point[name]
         out[f"feature_{name}"] = assoc.best["best_feature"].astype(str).to_numpy()
     others = [n for n in names if n != reference]
@@ -120,12 +166,13 @@ def concept_verdicts(results: Mapping[str, tuple[FeatureMatrix, Association]], l
     return pd.DataFrame(out)
 
 
-def _concept_tokens(labels: ConceptLabels, tok_test: np.ndarray, n_test: int) -> dict[str, Any]:
+def _concept_tokens(lab: Any, inst: Any, masks: np.ndarray | None, scope_index: np.ndarray, tok_test: np.ndarray,
+                    n_test: int) -> dict[str, Any]:
     """Per concept, its labelled test tokens and test instances; per-sequence ``n_labelled`` and ``n_instances``
     (concepts x test sequences). An instance belongs to the sequence of its first test token."""
-    lab = labels.tokens.tocsc()
+    lab = lab.tocsc()
     lab.eliminate_zeros()
-    inst = labels.instances.tocsc()
+    inst = inst.tocsc()
     inst.eliminate_zeros()
     n_con = lab.shape[1]
     n_labelled = np.zeros((n_con, n_test))
@@ -146,26 +193,27 @@ def _concept_tokens(labels: ConceptLabels, tok_test: np.ndarray, n_test: int) ->
         inst_of.append(local.ravel())
         inst_seq.append(seq)
         n_instances[j] = np.bincount(seq, minlength=n_test)
-    masks, scope_index = labels.scope_matrix("token")
     return {"rows": rows_of, "inst_rows": inst_rows, "inst_of": inst_of, "inst_seq": inst_seq,
             "n_labelled": n_labelled, "n_instances": n_instances, "masks": masks, "scope_index": scope_index}
 
 
-def _sequence_counts(name: str, features: FeatureMatrix, best: pd.DataFrame, labels: ConceptLabels,
-                     shared: dict[str, Any], tok_test: np.ndarray, n_test: int) -> dict[str, np.ndarray]:
+def _sequence_counts(name: str, values: Any, names: Sequence[str], best: pd.DataFrame, shared: dict[str, Any],
+                     tok_test: np.ndarray, n_test: int) -> dict[str, np.ndarray]:
     """``tp``, ``n_active`` and ``hit`` (concepts x test sequences) of each concept's chosen feature and threshold."""
-    position = {f: k for k, f in enumerate(features.names)}
+    import scipy.sparse as sp
+
+    position = {f: k for k, f in enumerate(names)}
     chosen = best["best_feature"].astype(str).tolist()
     missing = [f for f in chosen if f not in position]
     if missing:
         raise WorkbenchError(f"association {name!r} names feature {missing[0]!r}, which its feature matrix lacks")
     uniq, col_of = np.unique([position[f] for f in chosen], return_inverse=True)
-    sub = features.values.tocsr()[:, uniq].tocsc() if len(uniq) else None
+    sub = sp.csr_matrix(values)[:, uniq].tocsc() if len(uniq) else None
     thresholds = best["threshold"].to_numpy(dtype=np.float64)
     masks, scope_index = shared["masks"], shared["scope_index"]
     n_con = len(chosen)
     tp, n_active, hit = (np.zeros((n_con, n_test)) for _ in range(3))
-    is_active = np.zeros(labels.n_tokens, dtype=bool)
+    is_active = np.zeros(len(tok_test), dtype=bool)
     for j in range(n_con):
         k = col_of[j]
         lo, hi = sub.indptr[k], sub.indptr[k + 1]

@@ -90,6 +90,26 @@ def test_streamed_stratified_test_equals_the_in_memory_one(case, features: str) 
     assert np.isfinite(streamed.pairs["or_mh"]).any() and streamed.params["stratified"] is True
 
 
+def test_streamed_verdicts_equal_the_in_memory_ones(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from workbench.associate import feature_matrix, neuron_matrix
+    from workbench.stream_associate import ShardFeatures, verdicts_streaming
+    from workbench.verdicts import concept_verdicts
+
+    store, labels, sae, _ = case
+    ids, token_seq = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
+    memory = {"sae": associate_store(store, labels, layer=1, sae=sae, n_permutations=0),
+              "neurons": associate_store(store, labels, layer=1, n_permutations=0)}
+    expected = concept_verdicts({"sae": (feature_matrix(store, sae, layer=1), memory["sae"]),
+                                 "neurons": (neuron_matrix(store, layer=1), memory["neurons"])},
+                                labels, ids, token_seq, n_boot=200, seed=4)
+    reps = {"sae": ShardFeatures(store, 1, sae, cache=tmp_path / "codes"), "neurons": ShardFeatures(store, 1)}
+    streamed = {name: associate_streaming(store, labels, layer=1, sae=f.sae, maxima=f.maxima, code_cache=tmp_path / "codes")
+                for name, f in reps.items()}
+    got = verdicts_streaming(store, labels, {name: (reps[name], streamed[name]) for name in reps}, n_boot=200, seed=4)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert (got["verdict"] != "not captured").any() and got["diff_neurons_low"].notna().any()
+
+
 def test_feature_maxima_are_the_in_memory_maxima(case) -> None:  # type: ignore[no-untyped-def]
     from workbench.associate import feature_matrix, neuron_matrix
 
@@ -103,6 +123,10 @@ def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None
     strata = residue_strata(store, labels)
     np.save(tmp_path / "strata.npy", strata)
     one = associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5, strata=strata)
+    from workbench.stream_associate import ShardFeatures, verdicts_streaming
+
+    features = ShardFeatures(store, 1, sae)
+    one_verdicts = verdicts_streaming(store, labels, {"sae": (features, one), "again": (features, one)}, n_boot=50)
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, pickle
@@ -114,8 +138,11 @@ def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None
         labels = pickle.load(open({str(root / 'labels.pkl')!r}, "rb"))
         res = associate_streaming(store, labels, layer=1, sae=load_sae({str(root / 'sae')!r}), n_permutations=5,
                                   strata=np.load({str(tmp_path / 'strata.npy')!r}))
+        from workbench.stream_associate import ShardFeatures, verdicts_streaming
+        features = ShardFeatures(store, 1, load_sae({str(root / 'sae')!r}))
+        verdicts = verdicts_streaming(store, labels, {{"sae": (features, res), "again": (features, res)}}, n_boot=50)
         with open(os.path.join({str(tmp_path)!r}, f"rank{{os.environ['RANK']}}.pkl"), "wb") as fh:
-            pickle.dump(res, fh)
+            pickle.dump((res, verdicts), fh)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
@@ -124,8 +151,9 @@ def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-2000:]
     for rank in (0, 1):
         with open(tmp_path / f"rank{rank}.pkl", "rb") as fh:
-            two = pickle.load(fh)
+            two, two_verdicts = pickle.load(fh)
         same_tables(one, two)
+        pd.testing.assert_frame_equal(one_verdicts, two_verdicts, check_exact=True)
         assert two.params["world_size"] == 2
 
 
