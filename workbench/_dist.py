@@ -32,7 +32,10 @@ class Dist:
     owned: bool = False
 
     @classmethod
-    def setup(cls, device: str) -> Dist:
+    def setup(cls, device: str, *, keep: bool = False) -> Dist:
+        """Join the process group (started here when none is). ``keep``: a group started here stays up for later
+        calls in this process and is destroyed at exit (a group destroyed and started again at once can race:
+        the ranks' old addresses are still in torchrun's store)."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         import torch.distributed as dist
@@ -41,6 +44,11 @@ class Dist:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
             owned = True
+            if keep:
+                import atexit
+
+                atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+                owned = False
         return cls(dist.get_rank(), dist.get_world_size(), owned)
 
     def barrier(self) -> None:

@@ -170,7 +170,7 @@ def associate_streaming(
     if sae is not None:
         _check_sae(store, sae, layer)
     names = _names(sae.cfg.width) if sae is not None else [f"u{i:04d}" for i in range(store.d_model)]
-    dist = Dist.setup("cpu")
+    dist = Dist.setup("cpu", keep=True)
     scratch = tempfile.TemporaryDirectory(prefix="workbench-codes-") if code_cache is True and sae is not None else None
     cache = Path(scratch.name) if scratch is not None else (
         Path(code_cache) if code_cache not in (True, False) and sae is not None else None)  # neurons need no encoding
@@ -290,7 +290,7 @@ def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representa
     lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
     masks, scope_index = labels.scope_matrix("token")
     starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
-    dist = Dist.setup("cpu")
+    dist = Dist.setup("cpu", keep=True)
     try:
         total = None
         for i in range(dist.rank, len(store.shards), dist.world_size):
