@@ -17,13 +17,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from workbench._dist import Dist, local_device
-from workbench._shard_writer import ShardFiles, ShardWriter, to_host
+from workbench._shard_writer import HASHES_FILE, ShardFiles, ShardWriter, shard_hashes, to_host
 from workbench._version import __version__
 from workbench.errors import StoreError, WorkbenchError
 from workbench.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardInfo, write_json_atomic
@@ -394,13 +395,15 @@ def _finish(
         "inputs_sha256": plan["inputs_sha256"],
         "weights_sha256": plan["weights_sha256"],
         "shard_tokens": plan["shard_tokens"],
-        "shards": [s.__dict__ for s in shards],
+        "shards": [{**asdict(s), "sha256": shard_hashes(work / "shards" / s.name, plan["layers"])} for s in shards],
         "world_size": world_size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "extract_seconds_last_run": round(elapsed, 3),
     }
     write_json_atomic(work / MANIFEST, manifest)
     (work / PLAN).unlink()
+    for s in shards:  # the manifest now holds the shards' hashes
+        (work / "shards" / s.name / HASHES_FILE).unlink(missing_ok=True)
     if out.exists() and overwrite:
         old = out.with_name(out.name + f".old-{os.getpid()}")
         os.replace(out, old)

@@ -2,17 +2,22 @@
 
 The extraction loop casts each batch's activations to the stored dtype on the device and starts their copy into
 (pinned, on CUDA) host memory; :class:`ShardWriter` then, on one background thread, waits for the copy, checks the
-values and writes them into the shard's memory maps. Closing a shard (flush, token metadata, fsync, rename into
-place) also runs there, so it overlaps the next shard's forward passes. The queue holds at most a few batches, so
-host memory stays bounded.
+values and writes them into the shard's memory maps. Closing a shard (flush, token metadata, SHA-256 of each file,
+fsync, rename into place) also runs there, so it overlaps the next shard's forward passes. The queue holds at most a
+few batches, so host memory stays bounded.
 
 Errors raised on the writer thread are raised again on the extraction's thread, at its next submit or at
 :meth:`ShardWriter.close`. A shard folder is renamed into place only by its own finish step, which runs only after
 every batch of that shard was written.
+
+The hashes of a finished shard's files travel with the shard folder, in a hidden ``.sha256.json`` beside them, so
+that the manifest (written at the end, by rank 0, possibly by a later resumed run) can list every shard's hashes
+without reading the shards again; :func:`shard_hashes` reads them back and the manifest is then the only record.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -24,14 +29,34 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.store import OBS_FILE, file_sha256, layer_file, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import torch
 
-__all__ = ["ShardWriter", "ShardFiles", "HostRows", "to_host"]
+__all__ = ["ShardWriter", "ShardFiles", "HostRows", "to_host", "shard_hashes", "HASHES_FILE"]
 
 QUEUE_ITEMS = 3
+HASHES_FILE = ".sha256.json"  # in a finished shard folder until the manifest holds its hashes
+
+
+def shard_hashes(folder: Path, layers: Sequence[int]) -> dict[str, str]:
+    """SHA-256 of each file of the finished shard in ``folder`` (``layer_<L>.npy`` per layer, ``obs.parquet``).
+
+    Read from the shard's ``.sha256.json`` written by :meth:`ShardFiles.finish` when it names exactly these files;
+    recomputed from the files otherwise (shards finished by a version that did not record them).
+    """
+    names = [layer_file(layer) for layer in layers] + [OBS_FILE]
+    sidecar = folder / HASHES_FILE
+    if sidecar.is_file():
+        try:
+            recorded = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        if isinstance(recorded, dict) and sorted(recorded) == sorted(names):
+            return {name: str(recorded[name]) for name in names}
+    return {name: file_sha256(folder / name) for name in names}
 
 
 class HostRows(NamedTuple):
@@ -89,6 +114,8 @@ class ShardFiles:
             for layer in layers
         }
         self.obs_parts: list[tuple[int, pd.DataFrame]] = []
+        self.sha256: dict[str, str] = {}
+        """File name to SHA-256 of the finished files (filled by :meth:`finish`)."""
 
     def write(self, index: Sequence[int], rows: HostRows, obs: pd.DataFrame) -> None:
         """Put one batch's rows (records ``index`` of this shard, batch-ordered) at their records' offsets."""
@@ -112,18 +139,25 @@ class ShardFiles:
             start += n
 
     def finish(self) -> None:
-        """Flush the arrays, write the token metadata, fsync and rename the folder into place."""
+        """Flush the arrays, write the token metadata, hash and fsync each file and rename the folder into place.
+
+        Each file's SHA-256 is taken from its bytes read back after the flush (from the page cache, in 8 MiB chunks)
+        and written to the shard's ``.sha256.json`` (see :func:`shard_hashes`) before the rename.
+        """
         import pandas as pd
 
+        names = [layer_file(layer) for layer in self.arrays] + [OBS_FILE]
         for arr in self.arrays.values():
             arr.flush()
         self.arrays = {}
         obs = pd.concat([part for _, part in sorted(self.obs_parts, key=lambda p: p[0])], ignore_index=True)
         self.obs_parts = []
-        obs.to_parquet(self.tmp / "obs.parquet", index=False)
-        for child in self.tmp.iterdir():
-            with open(child, "rb") as fh:
+        obs.to_parquet(self.tmp / OBS_FILE, index=False)
+        for name in names:
+            self.sha256[name] = file_sha256(self.tmp / name)
+            with open(self.tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
+        write_json_atomic(self.tmp / HASHES_FILE, self.sha256)  # fsynced
         os.replace(self.tmp, self.final)
 
 

@@ -10,6 +10,11 @@ Layout of a store folder::
 
 A store is complete exactly when ``manifest.json`` exists; the extraction writes into ``<out>.partial`` and
 renames it at the end. Readers memory-map the shard arrays, so memory stays bounded by the shards in use.
+
+Each shard's entry in the manifest records the SHA-256 of every file of the shard (``"sha256": {"layer_4.npy": ...,
+"obs.parquet": ...}``), so later stages can refuse a shard that went missing or changed since
+(:meth:`ActivationStore.verify_shard`, :meth:`ActivationStore.missing_shards`). Stores written before these hashes
+existed have no ``sha256`` entries; they are checked by the files' existence and the arrays' shapes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +35,32 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import torch
 
-__all__ = ["ActivationStore", "ShardInfo", "open_store", "write_json_atomic", "MANIFEST", "FORMAT_VERSION"]
+__all__ = [
+    "ActivationStore", "ShardInfo", "open_store", "write_json_atomic", "file_sha256", "MANIFEST", "FORMAT_VERSION",
+]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+OBS_FILE = "obs.parquet"
+HASH_CHUNK = 8 << 20  # bytes read at a time by file_sha256
+
+
+def file_sha256(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
+    """Hex SHA-256 of the bytes of the file at ``path``, read ``chunk_size`` bytes (8 MiB) at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def layer_file(layer: int) -> str:
+    """File name of one layer's activations inside a shard folder."""
+    return f"layer_{layer}.npy"
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -55,6 +82,9 @@ class ShardInfo:
     n_sequences: int
     first_sequence: int
     """Index of the shard's first record in the store's sequence order."""
+    sha256: dict[str, str] | None = field(default=None, compare=False)
+    """File name (``layer_<L>.npy``, ``obs.parquet``) to the hex SHA-256 of its bytes when the shard was written;
+    ``None`` in stores written before shards were hashed. Not part of equality: equal shards are the same plan."""
 
 
 class ActivationStore:
@@ -119,20 +149,71 @@ class ActivationStore:
     def shard_activations(self, i: int, layer: int) -> np.ndarray:
         """Memory-mapped ``(n_tokens, d_model)`` array of shard ``i`` at ``layer`` (read-only, nothing loaded)."""
         self._check_layer(layer)
-        path = self.shard_dir(i) / f"layer_{layer}.npy"
+        return self._open_array(self.shard_dir(i) / layer_file(layer), self.shards[i].n_tokens)
+
+    def _open_array(self, path: Path, n_tokens: int) -> np.ndarray:
+        """Memory-map a shard array and check its shape against the manifest."""
         try:
             arr = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable shard ({exc})") from exc
-        if arr.shape != (self.shards[i].n_tokens, self.d_model):
-            raise StoreError(f"{path}: shape {arr.shape}, manifest says {(self.shards[i].n_tokens, self.d_model)}")
+        if arr.shape != (n_tokens, self.d_model):
+            raise StoreError(f"{path}: shape {arr.shape}, manifest says {(n_tokens, self.d_model)}")
         return arr
 
     def shard_obs(self, i: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Token metadata of shard ``i``."""
         import pandas as pd
 
-        return pd.read_parquet(self.shard_dir(i) / "obs.parquet", columns=list(columns) if columns else None)
+        return pd.read_parquet(self.shard_dir(i) / OBS_FILE, columns=list(columns) if columns else None)
+
+    def shard_files(self, i: int, *, layer: int | None = None) -> list[str]:
+        """File names of shard ``i``: every layer's array (or only ``layer``'s) and the token metadata."""
+        if layer is not None:
+            self._check_layer(layer)
+        return [layer_file(x) for x in (self.layers if layer is None else [layer])] + [OBS_FILE]
+
+    def missing_shards(self) -> list[str]:
+        """Paths, relative to the store, of the shard files that do not exist (empty when all do).
+
+        A cheap check (one ``stat`` per file, nothing read or hashed) to run before long work starts. A missing
+        shard folder is listed once, as ``shards/<name>``; a missing file as ``shards/<name>/<file>``.
+        """
+        missing: list[str] = []
+        for i, shard in enumerate(self.shards):
+            folder = self.shard_dir(i)
+            if not folder.is_dir():
+                missing.append(f"shards/{shard.name}")
+                continue
+            missing += [f"shards/{shard.name}/{name}" for name in self.shard_files(i) if not (folder / name).is_file()]
+        return missing
+
+    def verify_shard(self, i: int, *, layer: int | None = None) -> None:
+        """Check that shard ``i``'s files are the ones the extraction wrote; raise :class:`StoreError` otherwise.
+
+        Every layer's array (or only ``layer``'s) and ``obs.parquet`` must exist and, where the manifest records
+        their SHA-256, hash to it (each file is read once). Stores without recorded hashes are checked by existence
+        and by each array's shape and dtype against the manifest. The error is one line naming the shard's file.
+        """
+        if not 0 <= i < len(self.shards):
+            raise StoreError(f"{self.path}: no shard {i} (store has {len(self.shards)})")
+        shard, folder = self.shards[i], self.shard_dir(i)
+        if not folder.is_dir():
+            raise StoreError(f"{folder} is missing")
+        names = self.shard_files(i, layer=layer)
+        for name in names:  # all existence checks first: a missing file is reported before any hashing
+            if not (folder / name).is_file():
+                raise StoreError(f"{folder / name} is missing")
+        recorded = shard.sha256 or {}
+        for name in names:
+            path = folder / name
+            if name in recorded:
+                if file_sha256(path) != recorded[name]:
+                    raise StoreError(f"{path} changed since the store was written (sha256 differs)")
+            elif name != OBS_FILE:  # no recorded hash: the array's header must match the manifest
+                arr = self._open_array(path, shard.n_tokens)
+                if arr.dtype != self.dtype:
+                    raise StoreError(f"{path}: dtype {arr.dtype}, manifest says {self.dtype}")
 
     # -- whole-store tables (small: metadata only) -------------------------------------------------------------
     @cached_property
@@ -147,7 +228,7 @@ class ActivationStore:
         """Columns of the token metadata (``sequence_id``, ``position`` and what the adapter adds)."""
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(self.shard_dir(0) / "obs.parquet").names) if self.shards else ["sequence_id", "position"]
+        return list(pq.read_schema(self.shard_dir(0) / OBS_FILE).names) if self.shards else ["sequence_id", "position"]
 
     def obs(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Token metadata of the whole store, in store order (row ``i`` is token ``i`` of :meth:`iter_tokens`)."""
@@ -373,7 +454,12 @@ class ActivationStore:
         return np.asarray(acts[int(row["offset"]) : int(row["offset"]) + int(row["n_tokens"])], dtype=dtype)
 
     def check(self) -> None:
-        """Verify every shard's shapes against the manifest and that no value is NaN or infinite."""
+        """Verify that every shard file exists, every shard's shapes against the manifest and that no value is NaN
+        or infinite (see :meth:`verify_shard` for the files' hashes)."""
+        missing = self.missing_shards()
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise StoreError(f"{self.path}: {len(missing)} shard file(s) missing: {', '.join(missing[:3])}{more}")
         for i in range(len(self.shards)):
             for layer in self.layers:
                 arr = self.shard_activations(i, layer)
