@@ -95,6 +95,11 @@ class AnnotateConfig:
     ``profile_groups`` and the residue), for SAE features, neurons and a shuffled-description null."""
     seed: int = 0
     """Seed for subsampling, permutations and the layout."""
+    sample_tokens: int = 262_144
+    """Streamed mode (``annotate(stream=True)``): tokens in the seeded sample of whole sequences on which the
+    analyses that need a ``tokens x features`` matrix run (probes, description scores, missing annotations,
+    unexplained features, rediscovery, the causal check); every count-based statistic covers the whole store. A
+    memory budget (``max_memory``) sets it from the budget instead."""
 
 
 def _log(progress: bool, message: str) -> None:
@@ -139,8 +144,10 @@ def _token_sequence(store: ActivationStore) -> tuple[list[str], np.ndarray, pd.D
 
 
 def _same_tokens(store: ActivationStore, other: ActivationStore) -> None:
-    a, b = store.obs(["sequence_id", "position"]), other.obs(["sequence_id", "position"])
-    if len(a) != len(b) or not (a.reset_index(drop=True) == b.reset_index(drop=True)).all().all():
+    """The same sequences, in the same order, with the same number of tokens each (so the same token rows)."""
+    columns = ["sequence_id", "n_tokens"]
+    a, b = store.sequences[columns].reset_index(drop=True), other.sequences[columns].reset_index(drop=True)
+    if len(a) != len(b) or not (a.astype(str) == b.astype(str)).all().all() or store.n_tokens != other.n_tokens:
         raise InputError(f"the control store {other.path} does not hold the same tokens as {store.path}")
 
 
@@ -177,6 +184,8 @@ def annotate(
     config: AnnotateConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    stream: bool = False,
+    max_memory: int | None = None,
 ) -> Catalog:
     """Annotate the features of ``sae`` on ``store`` with ``labels`` and write the catalog to ``out``.
 
@@ -192,6 +201,11 @@ def annotate(
     ``sequence_measures`` (``sequence_id`` first); scoped concepts are scored inside their scopes throughout, and
     the ``best_*`` tables give each concept's scope size (``n_scope``); ``metrics`` are the SAE's fidelity metrics
     (read from the SAE folder's ``metrics.json`` when ``sae`` is a folder). Nothing is written at ``out`` unless everything succeeds.
+
+    ``stream`` (implied by ``max_memory``, a budget in bytes) computes every count-based statistic shard by shard
+    over the whole store, never holding its ``tokens x features`` matrix, and runs the analyses that need one on a
+    seeded sample of sequences (:mod:`workbench._stream_pipeline`); under ``torchrun`` the shards are split across
+    the ranks and rank 0 writes the catalog. A killed streamed run resumes from its finished stages when run again.
     """
     import pandas as pd
 
@@ -217,7 +231,12 @@ def annotate(
     sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
     if labels.n_tokens != store.n_tokens:
         raise InputError(f"the labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
-    ids, token_sequence, obs = _token_sequence(store)
+    stream = stream or max_memory is not None
+    if stream:  # only what the strata need: the token table of a large store is never read whole
+        ids, token_sequence = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
+        obs = store.obs(["sequence_id", *[c for c in cfg.strata_columns if c in store.obs_columns]])
+    else:
+        ids, token_sequence, obs = _token_sequence(store)
     if sequence_groups is None:
         groups_seq = np.arange(len(ids))
     else:
@@ -251,13 +270,6 @@ def annotate(
         return result
 
     # -- features and association -----------------------------------------------------------------------------------
-    features = timed("SAE features", lambda: feature_matrix(store, sae, layer=layer))
-    raw = timed("raw activations", lambda: store.activations(layer))
-    neurons = neuron_matrix(store, layer=layer)
-    sae_assoc = timed("association (SAE)", lambda: associate(features, labels, ids, token_sequence, **assoc_options))
-    neuron_assoc = timed("association (neurons)", lambda: associate(neurons, labels, ids, token_sequence, **assoc_options))
-    controls: dict[str, Any] = {"neurons": neuron_assoc}
-    random_features = None
     if (control_store is None) != (control_sae is None):
         raise InputError("the random-weight control needs both control_store and control_sae")
     if control_store is not None:
@@ -266,10 +278,49 @@ def annotate(
         if "random_weights_seed" not in (control_store.manifest.get("control") or {}):
             raise InputError(f"{control_store.path} is not a random-weight control store (extract it with random_weights)")
         _same_tokens(store, control_store)
-        random_features = timed("SAE features (random control)", lambda: feature_matrix(control_store, control_sae, layer=layer))
-        controls["random"] = timed(
-            "association (random control)", lambda: associate(random_features, labels, ids, token_sequence, **assoc_options)
-        )
+    controls: dict[str, Any] = {}
+    random_features = None
+    streamed = None
+    if stream:
+        from workbench._stream_pipeline import run_streamed
+
+        streamed = run_streamed(store, sae, labels, layer=layer, out=out, control_store=control_store,
+                                control_sae=control_sae, strata=strata, cfg=cfg, max_memory=max_memory, timed=timed)
+        if not streamed.writes:  # under torchrun the other ranks helped with the whole-store passes; rank 0 goes on
+            return None  # type: ignore[return-value]
+        sae_assoc, neuron_assoc = streamed.stats.associations["sae"], streamed.stats.associations["neurons"]
+        if "random" in streamed.stats.associations:
+            controls["random"] = streamed.stats.associations["random"]
+        # From here the analyses that need a tokens x features matrix see the sample (the associations stay whole).
+        full_store, full_labels, full_ids, full_token_sequence = store, labels, ids, token_sequence
+        sample = streamed.sample
+        store, labels = sample.store, sample.labels
+        ids, token_sequence, obs = _token_sequence(store)
+        features, neurons = sample.features["sae"], sample.features["neurons"]
+        random_features = sample.features.get("random")
+        raw = store.activations(layer)
+        groups_seq = groups_seq[sample.sequences]
+        if strata is not None:
+            strata = strata._replace(codes=strata.codes[sample.tokens])
+        if sequence_groups is not None:
+            sequence_groups = [sequence_groups[int(i)] for i in sample.sequences]
+        if sequence_targets is not None:
+            sequence_targets = sequence_targets[sequence_targets.index.astype(str).isin(set(ids))]
+        if finding_targets is not None:
+            finding_targets = finding_targets[finding_targets.index.astype(str).isin(set(ids))]
+        if seq_inputs is not None:
+            seq_inputs = _sequence_inputs(labels, ids, finding_targets, cfg)
+    else:
+        features = timed("SAE features", lambda: feature_matrix(store, sae, layer=layer))
+        raw = timed("raw activations", lambda: store.activations(layer))
+        neurons = neuron_matrix(store, layer=layer)
+        sae_assoc = timed("association (SAE)", lambda: associate(features, labels, ids, token_sequence, **assoc_options))
+        neuron_assoc = timed("association (neurons)", lambda: associate(neurons, labels, ids, token_sequence, **assoc_options))
+        if control_store is not None:
+            random_features = timed("SAE features (random control)", lambda: feature_matrix(control_store, control_sae, layer=layer))
+            controls["random"] = timed(
+                "association (random control)", lambda: associate(random_features, labels, ids, token_sequence, **assoc_options))
+    controls = {"neurons": neuron_assoc, **controls}
     tables: dict[str, pd.DataFrame] = {
         "association": sae_assoc.pairs,
         "best_sae": sae_assoc.best,
@@ -279,7 +330,9 @@ def annotate(
         tables["association_thresholds"] = sae_assoc.thresholds
     if "random" in controls:
         tables["best_random"] = controls["random"].best
-    if cfg.n_bootstrap > 0:
+    if streamed is not None and streamed.stats.verdicts is not None:
+        tables["verdicts"] = streamed.stats.verdicts
+    elif cfg.n_bootstrap > 0:
         from workbench.verdicts import concept_verdicts
 
         results = {"sae": (features, sae_assoc), "neurons": (neurons, neuron_assoc)}
@@ -294,7 +347,10 @@ def annotate(
         if "random" in controls:
             bests["random"] = controls["random"].best
         findings = concept_findings(bests, tables.get("verdicts"))
-        findings["examples"] = _finding_examples(findings, features, token_sequence, ids)
+        if streamed is not None:  # over the whole store, shard by shard
+            findings["examples"] = streamed.finding_examples(findings)
+        else:
+            findings["examples"] = _finding_examples(findings, features, token_sequence, ids)
         tables["concept_findings"] = findings
     description_entries: dict[str, Any] = {}
     if cfg.score_descriptions:
@@ -397,6 +453,11 @@ def annotate(
             seed=cfg.seed))
 
     # -- catalog ------------------------------------------------------------------------------------------------------
+    parts = None
+    if streamed is not None:  # the catalog covers the whole store again
+        store, labels, ids, token_sequence = full_store, full_labels, full_ids, full_token_sequence
+        parts = streamed.parts
+        tables["sample_sequences"] = pd.DataFrame({"sequence_id": np.asarray(ids, dtype=object)[sample.sequences]})
     measures = _measures_table(labels, ids)
     if measures is not None:
         tables["sequence_measures"] = measures
@@ -418,10 +479,12 @@ def annotate(
         summary["strata"] = strata.description
         summary["n_strata"] = len(strata.names)
     summary["annotate_seconds"] = timings
+    if streamed is not None:
+        summary.update(streamed.summary())
     adata = timed("catalog", lambda: build_catalog(
-        store, sae, features, sae_assoc, labels, layer=layer, controls=controls, metrics=metrics, tables=tables,
-        var_extra=var_extra, obs_extra=obs_extra, summary_extra=summary, obsm_extra=obsm_extra, uns_extra=uns_extra,
-        seed=cfg.seed, profile_groups=cfg.profile_groups))
+        store, sae, None if parts is not None else features, sae_assoc, labels, layer=layer, controls=controls,
+        metrics=metrics, tables=tables, var_extra=var_extra, obs_extra=obs_extra, summary_extra=summary,
+        obsm_extra=obsm_extra, uns_extra=uns_extra, seed=cfg.seed, profile_groups=cfg.profile_groups, parts=parts))
     prov = adata.uns["provenance"]
     prov["model_source"] = str(store.manifest.get("model_source", store.model))
     if sae_path is not None:
@@ -429,6 +492,8 @@ def annotate(
     adata.uns["provenance"]["annotate_config"] = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()
                                                   if v is not None}
     path = write_catalog(adata, out, overwrite=overwrite)
+    if streamed is not None:
+        streamed.finish()
     _log(progress, f"catalog written to {path} in {time.perf_counter() - t_start:.0f} s")
     return Catalog.open(path)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from workbench.associate import CAPTURED_F1, _check_sae_matches
-from workbench.describe import DESCRIBE_ALPHA, DESCRIBE_MIN_F1, describe_features, feature_families
+from workbench.describe import DESCRIBE_ALPHA, DESCRIBE_MIN_F1, FeatureStats, describe_features, feature_families
 from workbench.errors import InputError, StoreError, WorkbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "SCHEMA_VERSION", "CATALOG_FILE", "SCHEMA_FILE", "EXAMPLE_QUANTILES", "Catalog", "Example", "build_catalog",
-    "write_catalog", "describe_features", "feature_families",
+    "CatalogParts", "catalog_parts", "write_catalog", "describe_features", "feature_families",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -87,10 +87,51 @@ def _frame_for(extra: pd.DataFrame, index: Sequence[str], key: str, what: str) -
     return df.reindex(pd.Index(list(index)))
 
 
+class CatalogParts(NamedTuple):
+    """Everything :func:`build_catalog` reads from the feature matrix, computed in memory (:func:`catalog_parts`)
+    or shard by shard (:func:`workbench._stream_catalog.catalog_parts_streaming`)."""
+
+    layout: Any
+    """The store's token layout (sequence ids, lengths, residues)."""
+    x_max: Any
+    """``(n_sequences, n_features)`` CSR: each sequence's max activation of each feature."""
+    x_mean: Any
+    """The same with the mean over the sequence's tokens."""
+    stats: FeatureStats
+    """Active tokens, sequences fired in and activation profiles per feature."""
+    max_activation: np.ndarray
+    """Per-feature maximum before normalisation."""
+    names: list[str]
+    picked: dict[str, np.ndarray]
+    """The examples (``select_examples``' format)."""
+    offsets: np.ndarray
+    lengths: np.ndarray
+    flat: np.ndarray
+    """The examples' per-token activations, quantised and concatenated."""
+
+
+def catalog_parts(store: ActivationStore, features: FeatureMatrix, labels: ConceptLabels, *,
+                  profile_groups: Sequence[str] = ("region", "imgt"), n_top: int = 10, n_per_bin: int = 2,
+                  example_quantiles: Sequence[float] = EXAMPLE_QUANTILES, seed: int = 0) -> CatalogParts:
+    """The :class:`CatalogParts` of a feature matrix held in memory."""
+    from workbench._catalog_build import pack_activations, pool_sequences, select_examples, token_layout
+
+    if n_top < 1 or n_per_bin < 0:
+        raise InputError(f"n_top must be >= 1 and n_per_bin >= 0 (got {n_top}, {n_per_bin})")
+    layout = token_layout(store)
+    values = features.values.tocsr()
+    x_max, x_mean = pool_sequences(values, layout.token_sequence, layout.lengths)
+    stats = FeatureStats.of(labels, features, profile_groups=profile_groups, token_sequence=layout.token_sequence)
+    picked = select_examples(x_max, n_top=n_top, n_per_bin=n_per_bin, quantiles=example_quantiles, seed=seed)
+    offsets, lengths, flat = pack_activations(values, picked, layout)
+    return CatalogParts(layout, x_max, x_mean, stats, np.asarray(features.max_activation), [str(n) for n in features.names],
+                        picked, offsets, lengths, flat)
+
+
 def build_catalog(
     store: ActivationStore,
     sae: Any,
-    features: FeatureMatrix,
+    features: FeatureMatrix | None,
     association: Association,
     labels: ConceptLabels,
     *,
@@ -111,6 +152,7 @@ def build_catalog(
     example_quantiles: Sequence[float] = EXAMPLE_QUANTILES,
     n_neighbors: int = 15,
     resolution: float = 1.0,
+    parts: CatalogParts | None = None,
 ) -> anndata.AnnData:
     """Assemble the catalog AnnData of ``sae`` on ``layer`` of ``store`` (see ``docs/catalog_schema.md``).
 
@@ -123,13 +165,13 @@ def build_catalog(
     ``obsm["image"]``) and ``uns_extra`` extra ``uns`` entries (``uns["images"]`` describes them). Each feature
     keeps its ``n_top`` top sequences and ``n_per_bin`` seeded samples from each quantile bin
     of ``example_quantiles``. ``families`` computes Leiden families and the UMAP layout of decoder directions.
+    ``parts`` (:func:`catalog_parts`, or computed shard by shard by :mod:`workbench._stream_catalog`) replaces
+    ``features``: everything the catalog reads from the feature matrix.
     """
     import anndata as ad
     import pandas as pd
 
-    from workbench._catalog_build import (
-        clean_frame, pack_activations, pool_sequences, quantile_kinds, select_examples, to_h5, token_layout,
-    )
+    from workbench._catalog_build import clean_frame, quantile_kinds, to_h5
     from workbench._version import __version__
 
     # -- consistency -----------------------------------------------------------------------------------------------
@@ -138,13 +180,23 @@ def build_catalog(
     if not hasattr(sae, "cfg") or not hasattr(sae, "W_dec"):
         raise InputError("build_catalog needs a workbench SparseAutoencoder (with .cfg and .W_dec)")
     _check_sae_matches(store, sae, layer)
-    n_tokens, n_features = features.values.shape
-    if n_tokens != store.n_tokens or labels.n_tokens != store.n_tokens:
-        raise WorkbenchError(f"features cover {n_tokens} tokens and labels {labels.n_tokens}, but {store.path} holds"
-                             f" {store.n_tokens}: they come from different stores")
-    if n_features != sae.cfg.width or len(features.names) != n_features:
-        raise WorkbenchError(f"features have {n_features} columns ({len(features.names)} names) but the SAE has width"
-                             f" {sae.cfg.width}")
+    if parts is None:
+        if features is None:
+            raise InputError("build_catalog needs the feature matrix or its catalog parts")
+        n_tokens, n_features = features.values.shape
+        if n_tokens != store.n_tokens or labels.n_tokens != store.n_tokens:
+            raise WorkbenchError(f"features cover {n_tokens} tokens and labels {labels.n_tokens}, but {store.path} holds"
+                                 f" {store.n_tokens}: they come from different stores")
+        if n_features != sae.cfg.width or len(features.names) != n_features:
+            raise WorkbenchError(f"features have {n_features} columns ({len(features.names)} names) but the SAE has width"
+                                 f" {sae.cfg.width}")
+    elif labels.n_tokens != store.n_tokens or parts.stats.n_tokens != store.n_tokens:
+        raise WorkbenchError(f"catalog parts cover {parts.stats.n_tokens} tokens and labels {labels.n_tokens}, but "
+                             f"{store.path} holds {store.n_tokens}: they come from different stores")
+    n_tokens = store.n_tokens
+    n_features = sae.cfg.width
+    if parts is not None and len(parts.names) != n_features:
+        raise WorkbenchError(f"catalog parts have {len(parts.names)} features but the SAE has width {n_features}")
     decoder = _decoder(sae)
     if decoder.shape != (n_features, store.d_model):
         raise WorkbenchError(f"SAE decoder has shape {decoder.shape}, expected ({n_features}, {store.d_model})")
@@ -152,15 +204,19 @@ def build_catalog(
         t = assoc.params.get("n_tokens")
         if t is not None and int(t) != store.n_tokens:
             raise WorkbenchError(f"{name} was computed on {t} tokens, the store holds {store.n_tokens}")
-    names = [str(n) for n in features.names]
+    names = [str(n) for n in (features.names if parts is None else parts.names)]
     unknown = set(association.pairs["feature"].astype(str)) - set(names) if len(association.pairs) else set()
     if unknown:
         raise WorkbenchError(f"association names features the SAE does not have: {sorted(unknown)[:3]}")
     if n_top < 1 or n_per_bin < 0:
         raise InputError(f"n_top must be >= 1 and n_per_bin >= 0 (got {n_top}, {n_per_bin})")
 
+    if parts is None:
+        parts = catalog_parts(store, features, labels, profile_groups=profile_groups, n_top=n_top, n_per_bin=n_per_bin,
+                              example_quantiles=example_quantiles, seed=seed)
+    layout = parts.layout
+
     # -- sequences ----------------------------------------------------------------------------------------------------
-    layout = token_layout(store)
     seqs = store.sequences.reset_index(drop=True)
     obs = seqs.drop(columns=["sequence_id"]).copy()
     obs.index = pd.Index(layout.sequence_ids)
@@ -171,15 +227,14 @@ def build_catalog(
     obs.index.name = None
 
     # -- activations per sequence ---------------------------------------------------------------------------------------
-    values = features.values.tocsr()
-    x_max, x_mean = pool_sequences(values, layout.token_sequence, layout.lengths)
+    x_max, x_mean = parts.x_max, parts.x_mean
 
     # -- features ---------------------------------------------------------------------------------------------------------
-    desc = describe_features(association, labels, features, profile_groups=profile_groups, token_sequence=layout.token_sequence)
-    nnz_tokens = np.diff(values.tocsc().indptr)
+    desc = describe_features(association, labels, None, profile_groups=profile_groups, stats=parts.stats, names=names)
+    nnz_tokens = parts.stats.nnz
     var = pd.DataFrame(index=pd.Index(names))
     var["density"] = nnz_tokens / max(n_tokens, 1)
-    var["max_activation"] = np.asarray(features.max_activation, dtype=np.float32)
+    var["max_activation"] = np.asarray(parts.max_activation, dtype=np.float32)
     var["n_sequences"] = np.diff(x_max.tocsc().indptr).astype(np.int64)
     for col in ("top_concept", "top_f1", "top_precision", "top_q", "top_threshold", "profile", "description"):
         var[col] = desc[col].to_numpy()
@@ -197,8 +252,7 @@ def build_catalog(
     var.index.name = None
 
     # -- examples -----------------------------------------------------------------------------------------------------------
-    picked = select_examples(x_max, n_top=n_top, n_per_bin=n_per_bin, quantiles=example_quantiles, seed=seed)
-    offsets, lengths, flat = pack_activations(values, picked, layout)
+    picked, offsets, lengths, flat = parts.picked, parts.offsets, parts.lengths, parts.flat
     kinds = quantile_kinds(example_quantiles)
     examples = pd.DataFrame({
         "feature": pd.Categorical.from_codes(picked["feature"], categories=names),
@@ -215,7 +269,7 @@ def build_catalog(
     out_tables: dict[str, pd.DataFrame] = {"association": association.pairs, "best_sae": association.best}
     for name, assoc in controls.items():
         out_tables[f"best_{name}"] = assoc.best
-    out_tables["profile"] = _profile_table(labels, features, profile_groups)
+    out_tables["profile"] = _profile_table(parts.stats, names, profile_groups)
     for name, table in (tables or {}).items():
         if not isinstance(table, pd.DataFrame):
             raise InputError(f"table {name!r} is a {type(table).__name__}, not a DataFrame")
@@ -227,7 +281,7 @@ def build_catalog(
     # -- summary, metrics, provenance -------------------------------------------------------------------------------------
     metrics_clean = {k: v for k, v in dict(metrics or {}).items() if k != "density"}
     summary = _summary(association, controls, metrics_clean, n_features=n_features, n_sequences=len(layout.sequence_ids),
-                       n_tokens=n_tokens, values=values, dead=dead, families=var["family"], n_examples=len(examples))
+                       n_tokens=n_tokens, nnz=int(parts.stats.nnz.sum()), dead=dead, families=var["family"], n_examples=len(examples))
     for key, value in dict(summary_extra or {}).items():
         if key in summary and key not in ("fve", "l0", "dead_fraction", "loss_recovered"):
             raise InputError(f"summary_extra key {key!r} clashes with a computed summary entry")
@@ -277,20 +331,18 @@ def build_catalog(
     return adata
 
 
-def _profile_table(labels: ConceptLabels, features: FeatureMatrix, groups: Sequence[str]) -> pd.DataFrame:
+def _profile_table(stats: FeatureStats, names: Sequence[str], groups: Sequence[str]) -> pd.DataFrame:
     """Long table of activation-mass shares >= 1%: ``feature, group, value, share, baseline`` (share of all tokens)."""
     import pandas as pd
 
-    from workbench.describe import feature_profile
-
     parts = []
     for group in groups:
-        prof = feature_profile(labels, features, group)
+        prof = stats.profile(group)
         if prof is None:
             continue
-        values, share, baseline = prof
+        values, share, baseline, _ = prof
         fi, vi = np.nonzero(share >= 0.01)
-        parts.append(pd.DataFrame({"feature": np.asarray(features.names, dtype=object)[fi], "group": group,
+        parts.append(pd.DataFrame({"feature": np.asarray(names, dtype=object)[fi], "group": group,
                                    "value": np.asarray(values, dtype=object)[vi], "share": share[fi, vi],
                                    "baseline": baseline[vi]}))
     if not parts:
@@ -301,7 +353,7 @@ def _profile_table(labels: ConceptLabels, features: FeatureMatrix, groups: Seque
 
 
 def _summary(association: Association, controls: Mapping[str, Association], metrics: Mapping[str, Any], *, n_features: int,
-             n_sequences: int, n_tokens: int, values: Any, dead: np.ndarray, families: Any, n_examples: int) -> dict[str, Any]:
+             n_sequences: int, n_tokens: int, nnz: int, dead: np.ndarray, families: Any, n_examples: int) -> dict[str, Any]:
     def metric(key: str) -> Any:
         v = metrics.get(key)
         return float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else None
@@ -324,7 +376,7 @@ def _summary(association: Association, controls: Mapping[str, Association], metr
         "dead_fraction": metric("dead_fraction"),
         "loss_recovered": loss_rec,
         "metrics_source": "sae metrics" if metrics else "none",
-        "l0_catalog": float(values.nnz / max(n_tokens, 1)),
+        "l0_catalog": float(nnz / max(n_tokens, 1)),
         "dead_fraction_catalog": float(np.mean(dead)) if len(dead) else 0.0,
         "n_dead": int(np.sum(dead)),
         "n_families": len(fams),

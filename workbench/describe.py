@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.associate import Association, FeatureMatrix
     from workbench.concepts import ConceptLabels
 
-__all__ = ["describe_features", "feature_profile", "feature_families", "DESCRIBE_ALPHA", "DESCRIBE_MIN_F1"]
+__all__ = ["describe_features", "feature_profile", "FeatureStats", "ProfileSums", "feature_families", "DESCRIBE_ALPHA", "DESCRIBE_MIN_F1"]
 
 DESCRIBE_ALPHA = 0.05
 """A concept is named as a feature's meaning only when the pair's Benjamini-Hochberg q-value is at most this ..."""
@@ -77,38 +77,120 @@ def feature_profile(labels: ConceptLabels, features: FeatureMatrix, group: str, 
 def _profile(labels: ConceptLabels, features: FeatureMatrix, group: str, *,
              rows: np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None] | None:
     """:func:`feature_profile` plus, for a scoped group, the fraction of each feature's mass inside the scope."""
-    import scipy.sparse as sp
-
-    concepts = labels.token_concepts["concept"].astype(str).tolist()
-    prefix = group + "="
-    cols = [j for j, c in enumerate(concepts) if c.startswith(prefix)]
-    if not cols:
+    sums = ProfileSums(labels, group, rows=rows)
+    if sums.cols is None:
         return None
-    values = [concepts[j][len(prefix):] for j in cols]
-    numeric = all(_is_int(v) for v in values)
-    order = np.argsort([int(v) for v in values], kind="stable") if numeric else np.argsort(values, kind="stable")
-    cols = [cols[i] for i in order]
-    values = [values[i] for i in order]
-    x = sp.csr_matrix(features.values, dtype=np.float32)
-    lab = sp.csr_matrix(labels.tokens[:, cols], dtype=np.float32)
-    scope = labels.group_scope(cols)
-    if rows is not None:
-        x, lab = x[rows], lab[rows]
-        scope = None if scope is None else scope[rows]
-    mass = np.asarray((x.T @ lab).todense(), dtype=np.float64)
-    total = np.asarray(x.sum(0), dtype=np.float64).ravel()
-    n_rows = lab.shape[0]
-    in_scope = None
-    if scope is not None:  # the mass and the tokens where the group is defined
-        all_mass = total
-        total = np.asarray(x.T @ scope.astype(np.float32), dtype=np.float64).ravel()
-        n_rows = int(scope.sum())
+    sums.add(features.values if rows is None else features.values[rows], 0)
+    return sums.result()
+
+
+class ProfileSums:
+    """The sums behind :func:`feature_profile`, accumulated over blocks of tokens (the shards of a store): each
+    feature's activation mass on each value of ``group`` and in all (and in the group's scope), in float64. The
+    labels are the whole store's (or their ``rows``); :meth:`add` takes a block's feature values and the row of its
+    first token."""
+
+    def __init__(self, labels: ConceptLabels, group: str, *, rows: np.ndarray | None = None) -> None:
+        import scipy.sparse as sp
+
+        concepts = labels.token_concepts["concept"].astype(str).tolist()
+        prefix = group + "="
+        cols = [j for j, c in enumerate(concepts) if c.startswith(prefix)]
+        self.cols: list[int] | None = None
+        if not cols:
+            return
+        values = [concepts[j][len(prefix):] for j in cols]
+        numeric = all(_is_int(v) for v in values)
+        order = np.argsort([int(v) for v in values], kind="stable") if numeric else np.argsort(values, kind="stable")
+        self.cols = [cols[i] for i in order]
+        self.values = [values[i] for i in order]
+        lab = sp.csr_matrix(labels.tokens[:, self.cols], dtype=np.float64)
+        scope = labels.group_scope(self.cols)
+        if rows is not None:
+            lab = lab[rows]
+            scope = None if scope is None else scope[rows]
+        self.lab, self.scope = lab, scope
+        self.mass: np.ndarray | float = 0.0
+        self.total: np.ndarray | float = 0.0
+        self.scoped: np.ndarray | float = 0.0
+
+    def add(self, values: Any, start: int) -> None:
+        import scipy.sparse as sp
+
+        x = sp.csr_matrix(values, dtype=np.float64)
+        stop = start + x.shape[0]
+        self.mass = self.mass + np.asarray((x.T @ self.lab[start:stop]).todense())
+        self.total = self.total + np.asarray(x.sum(0)).ravel()
+        if self.scope is not None:
+            self.scoped = self.scoped + np.asarray(x.T @ self.scope[start:stop].astype(np.float64)).ravel()
+
+    def result(self, n_features: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(values, share, baseline, in_scope)`` as :func:`_profile` gives them (``n_features``: the width when
+        no block was added)."""
+        def arr(x: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
+            return np.asarray(x, dtype=np.float64) if isinstance(x, np.ndarray) else np.zeros(shape)
+
+        n_feat = len(self.total) if isinstance(self.total, np.ndarray) else n_features
+        mass, total = arr(self.mass, (n_feat, len(self.values))), arr(self.total, (n_feat,))
+        n_rows = self.lab.shape[0]
+        in_scope = None
+        if self.scope is not None:  # the mass and the tokens where the group is defined
+            all_mass, total = total, arr(self.scoped, (n_feat,))
+            n_rows = int(self.scope.sum())
+            with np.errstate(divide="ignore", invalid="ignore"):
+                in_scope = np.where(all_mass > 0, total / np.where(all_mass > 0, all_mass, 1), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            in_scope = np.where(all_mass > 0, total / np.where(all_mass > 0, all_mass, 1), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(total[:, None] > 0, mass / np.where(total > 0, total, 1)[:, None], 0.0)
-    baseline = np.asarray(lab.sum(0), dtype=np.float64).ravel() / max(n_rows, 1)
-    return values, share, baseline, in_scope
+            share = np.where(total[:, None] > 0, mass / np.where(total > 0, total, 1)[:, None], 0.0)
+        baseline = np.asarray(self.lab.sum(0), dtype=np.float64).ravel() / max(n_rows, 1)
+        return self.values, share, baseline, in_scope
+
+
+class FeatureStats:
+    """What :func:`describe_features` and the catalog read about each feature's firing, accumulated over blocks
+    of whole sequences (:meth:`add`; one block holding every token for a store in memory): active tokens per
+    feature, sequences it fires in, and the :class:`ProfileSums` of ``profile_groups``."""
+
+    def __init__(self, labels: ConceptLabels, n_features: int, *, profile_groups: Sequence[str] = ("region", "imgt"),
+                 n_sequences: int | None = None) -> None:
+        self.n_tokens = labels.n_tokens
+        self.n_sequences = n_sequences
+        self.nnz = np.zeros(n_features, dtype=np.int64)
+        self.fires_in = np.zeros(n_features, dtype=np.int64) if n_sequences is not None else None
+        self.mass = np.zeros(n_features, dtype=np.float64)
+        self.profiles = {g: ProfileSums(labels, g) for g in profile_groups}
+        self.profiles = {g: p for g, p in self.profiles.items() if p.cols is not None}
+
+    @classmethod
+    def of(cls, labels: ConceptLabels, features: FeatureMatrix, *, profile_groups: Sequence[str] = ("region", "imgt"),
+           token_sequence: np.ndarray | None = None) -> FeatureStats:
+        """The statistics of a whole feature matrix."""
+        n_seq = None
+        if token_sequence is not None:
+            token_sequence = np.asarray(token_sequence)
+            n_seq = int(token_sequence.max()) + 1 if len(token_sequence) else 0
+        stats = cls(labels, features.values.shape[1], profile_groups=profile_groups, n_sequences=n_seq)
+        stats.add(features.values, 0, token_sequence)
+        return stats
+
+    def add(self, values: Any, start: int, token_sequence: np.ndarray | None = None) -> None:
+        """Count the tokens ``start ..`` (``values``: their normalised activations; ``token_sequence``: their
+        sequences, any numbering that keeps sequences apart; needed when counting sequences)."""
+        import scipy.sparse as sp
+
+        x = sp.csc_matrix(values)
+        self.nnz += np.diff(x.indptr)
+        self.mass += np.asarray(x.sum(0), dtype=np.float64).ravel()
+        if self.fires_in is not None:
+            if token_sequence is None:
+                raise WorkbenchError("FeatureStats counts sequences: add() needs each token's sequence")
+            n_seq = int(np.max(token_sequence)) + 1 if len(token_sequence) else 0
+            self.fires_in += _fires_per_sequence(x, np.asarray(token_sequence), n_seq)
+        for prof in self.profiles.values():
+            prof.add(values, start)
+
+    def profile(self, group: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None] | None:
+        prof = self.profiles.get(group)
+        return None if prof is None else prof.result(len(self.nnz))
 
 
 def _is_int(text: str) -> bool:
@@ -184,10 +266,12 @@ def _top_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 def describe_features(
     association: Association,
     labels: ConceptLabels,
-    features: FeatureMatrix,
+    features: FeatureMatrix | None,
     *,
     profile_groups: Sequence[str] = ("region", "imgt"),
     token_sequence: np.ndarray | None = None,
+    stats: FeatureStats | None = None,
+    names: Sequence[str] | None = None,
     alpha: float = DESCRIBE_ALPHA,
     min_f1: float = DESCRIBE_MIN_F1,
 ) -> pd.DataFrame:
@@ -209,28 +293,26 @@ def describe_features(
     (:func:`feature_profile`): its text says which part of the mass that is (``"shm (40% in scope): mutated 90%"``)
     and its clause (``"90% shm=mutated in scope"``) also needs at least 20% of the mass in scope.
     With ``token_sequence`` (the store-order sequence index of every token) the firing clause also gives the share
-    of sequences the feature fires in.
+    of sequences the feature fires in. ``stats`` (a :class:`FeatureStats` accumulated elsewhere, for example shard by
+    shard) replaces ``features`` and ``token_sequence``; ``names`` are then the feature names.
     """
     import pandas as pd
 
-    n_tokens, n_features = features.values.shape
-    if labels.n_tokens != n_tokens:
-        raise WorkbenchError(f"features cover {n_tokens} tokens, labels {labels.n_tokens}: they come from different stores")
-    if len(features.names) != n_features:
-        raise InputError(f"{len(features.names)} feature names for {n_features} feature columns")
-    x = features.values.tocsc()
-    nnz = np.diff(x.indptr)
-    density = nnz / max(n_tokens, 1)
-    seq_frac = None
-    if token_sequence is not None:
-        token_sequence = np.asarray(token_sequence)
-        if len(token_sequence) != n_tokens:
+    if stats is None:
+        n_tokens, n_features = features.values.shape
+        if labels.n_tokens != n_tokens:
+            raise WorkbenchError(f"features cover {n_tokens} tokens, labels {labels.n_tokens}: they come from different stores")
+        if token_sequence is not None and len(token_sequence) != n_tokens:
             raise WorkbenchError(f"token_sequence has {len(token_sequence)} entries for {n_tokens} tokens")
-        n_seq = int(token_sequence.max()) + 1 if len(token_sequence) else 0
-        pooled = _fires_per_sequence(x, token_sequence, n_seq)
-        seq_frac = pooled / max(n_seq, 1)
+        stats = FeatureStats.of(labels, features, profile_groups=profile_groups, token_sequence=token_sequence)
+    n_tokens, n_features = stats.n_tokens, len(stats.nnz)
+    names = list(names) if names is not None else list(features.names)  # type: ignore[union-attr]
+    if len(names) != n_features:
+        raise InputError(f"{len(names)} feature names for {n_features} feature columns")
+    nnz = stats.nnz
+    density = nnz / max(n_tokens, 1)
+    seq_frac = None if stats.fires_in is None else stats.fires_in / max(stats.n_sequences or 0, 1)
 
-    names = list(features.names)
     top = _top_pairs(association.pairs).reindex(names)
     out = pd.DataFrame(index=pd.Index(names, name="feature"))
     out["top_concept"] = top["concept"].astype(object).where(top["concept"].notna(), None) if "concept" in top else None
@@ -240,7 +322,7 @@ def describe_features(
 
     profiles = []
     for group in profile_groups:
-        prof = _profile(labels, features, group)
+        prof = stats.profile(group)
         if prof is not None:
             values, share, baseline, in_scope = prof
             profiles.append((group, values, share, baseline, all(_is_int(v) for v in values), in_scope))

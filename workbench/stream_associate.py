@@ -87,7 +87,7 @@ def _shard_values(store: ActivationStore, sae: Any, shard: int, layer: int, batc
     if path.is_file():
         return sp.load_npz(path).tocsr()
     values = shard_codes(store, sae, shard, layer=layer, batch_size=batch_size)
-    tmp = cache / f".shard-{shard:05d}.tmp.npz"
+    tmp = cache / f".shard-{shard:05d}.tmp-{os.getpid()}.npz"  # ranks may encode the same shard at once
     sp.save_npz(tmp, values, compressed=False)
     os.replace(tmp, path)
     return values
@@ -448,7 +448,7 @@ def _claim_cache(cache: Path, store: ActivationStore, sae: Any, layer: int, batc
         same = False
     if not same:
         for old in cache.glob("*shard-*.npz"):
-            old.unlink()
+            old.unlink(missing_ok=True)
         marker.write_text(json.dumps({"key": key, "store": str(store.path), "layer": layer}))
 
 

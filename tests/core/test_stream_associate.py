@@ -16,37 +16,12 @@ import torch
 
 import workbench
 from workbench.associate import associate_store
-from workbench.concepts import labels_from_spans, scope_labels
+from workbench.concepts import labels_from_spans
 from workbench.errors import WorkbenchError
-from workbench.sae import SAEConfig, SparseAutoencoder, save_sae
+from workbench.sae import SparseAutoencoder
 from workbench.stream_associate import associate_streaming, feature_maxima
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def case(tiny_esm2: Path, oas_fasta: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A store of 40 real chains in several shards; residue concepts (one-token spans), an N-terminal and a middle
-    region (multi-token spans), the middle one scoped to residues 1-60; a random-weight SAE fitted to the store."""
-    root = tmp_path_factory.mktemp("stream")
-    store = workbench.extract(str(tiny_esm2), oas_fasta, layers=[1], out=root / "store", shard_tokens=700, progress=False)
-    assert len(store.shards) >= 4
-    obs = store.obs(["sequence_id", "position", "residue"])
-    ids = store.sequences["sequence_id"].astype(str).tolist()
-    residues = pd.DataFrame({"sequence_id": obs["sequence_id"], "start": obs["position"], "end": obs["position"],
-                             "concept": "aa=" + obs["residue"]})
-    regions = pd.DataFrame({"sequence_id": ids * 2, "start": [1] * len(ids) + [30] * len(ids),
-                            "end": [12] * len(ids) + [45] * len(ids), "concept": ["nterm"] * len(ids) + ["mid"] * len(ids)})
-    labels = labels_from_spans(obs, pd.concat([residues, regions], ignore_index=True)).select(min_tokens=20)
-    labels = scope_labels(labels, tokens=obs["position"].to_numpy() <= 60, name="first60", token_concepts=["mid"])
-    torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(d_in=store.d_model, width=64, k=6, model=store.model, layer=1))
-    with torch.no_grad():
-        sae.b_dec.copy_(torch.from_numpy(store.activations(1)[:2000].mean(0)))
-    save_sae(sae, root / "sae")
-    with open(root / "labels.pkl", "wb") as fh:
-        pickle.dump(labels, fh)
-    return store, labels, sae, root
 
 
 def same_tables(a, b) -> None:  # type: ignore[no-untyped-def]
@@ -56,8 +31,8 @@ def same_tables(a, b) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("features,permutations", [("sae", 0), ("neurons", 0), ("sae", 6), ("neurons", 3)])
-def test_streamed_tables_equal_the_in_memory_ones(case, features: str, permutations: int) -> None:  # type: ignore[no-untyped-def]
-    store, labels, sae, _ = case
+def test_streamed_tables_equal_the_in_memory_ones(stream_case, features: str, permutations: int) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = stream_case
     sae = sae if features == "sae" else None
     memory = associate_store(store, labels, layer=1, sae=sae, n_permutations=permutations, seed=3)
     streamed = associate_streaming(store, labels, layer=1, sae=sae, batch_size=300, n_permutations=permutations, seed=3,
@@ -66,7 +41,7 @@ def test_streamed_tables_equal_the_in_memory_ones(case, features: str, permutati
         assert memory.best["null_p"].notna().all() and (memory.best["null_z"] != 0).any()
     same_tables(memory, streamed)
     assert streamed.params["streamed"] is True and (streamed.best["n_scope"] < store.n_tokens).sum() == 1
-    assert memory.best["test_f1"].max() > 0.3  # not a trivial case: some concept is picked up
+    assert memory.best["test_f1"].max() > 0.3  # not a trivial stream_case: some concept is picked up
 
 
 def residue_strata(store, labels) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -78,8 +53,8 @@ def residue_strata(store, labels) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("features", ["sae", "neurons"])
-def test_streamed_stratified_test_equals_the_in_memory_one(case, features: str) -> None:  # type: ignore[no-untyped-def]
-    store, labels, sae, _ = case
+def test_streamed_stratified_test_equals_the_in_memory_one(stream_case, features: str) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = stream_case
     sae = sae if features == "sae" else None
     strata = residue_strata(store, labels)
     memory = associate_store(store, labels, layer=1, sae=sae, n_permutations=0, strata=strata)
@@ -90,12 +65,12 @@ def test_streamed_stratified_test_equals_the_in_memory_one(case, features: str) 
     assert np.isfinite(streamed.pairs["or_mh"]).any() and streamed.params["stratified"] is True
 
 
-def test_streamed_verdicts_equal_the_in_memory_ones(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_streamed_verdicts_equal_the_in_memory_ones(stream_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from workbench.associate import feature_matrix, neuron_matrix
     from workbench.stream_associate import ShardFeatures, verdicts_streaming
     from workbench.verdicts import concept_verdicts
 
-    store, labels, sae, _ = case
+    store, labels, sae, _ = stream_case
     ids, token_seq = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
     memory = {"sae": associate_store(store, labels, layer=1, sae=sae, n_permutations=0),
               "neurons": associate_store(store, labels, layer=1, n_permutations=0)}
@@ -110,16 +85,16 @@ def test_streamed_verdicts_equal_the_in_memory_ones(case, tmp_path: Path) -> Non
     assert (got["verdict"] != "not captured").any() and got["diff_neurons_low"].notna().any()
 
 
-def test_feature_maxima_are_the_in_memory_maxima(case) -> None:  # type: ignore[no-untyped-def]
+def test_feature_maxima_are_the_in_memory_maxima(stream_case) -> None:  # type: ignore[no-untyped-def]
     from workbench.associate import feature_matrix, neuron_matrix
 
-    store, _, sae, _ = case
+    store, _, sae, _ = stream_case
     assert np.array_equal(feature_maxima(store, layer=1, sae=sae), feature_matrix(store, sae, layer=1).max_activation)
     assert np.array_equal(feature_maxima(store, layer=1), neuron_matrix(store, layer=1).max_activation)
 
 
-def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    store, labels, sae, root = case
+def test_two_processes_give_the_one_process_tables(stream_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, root = stream_case
     strata = residue_strata(store, labels)
     np.save(tmp_path / "strata.npy", strata)
     one = associate_streaming(store, labels, layer=1, sae=sae, n_permutations=5, strata=strata)
@@ -157,8 +132,8 @@ def test_two_processes_give_the_one_process_tables(case, tmp_path: Path) -> None
         assert two.params["world_size"] == 2
 
 
-def test_streaming_refuses_what_it_does_not_do(case) -> None:  # type: ignore[no-untyped-def]
-    store, labels, sae, _ = case
+def test_streaming_refuses_what_it_does_not_do(stream_case) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = stream_case
     obs = store.obs(["sequence_id", "position", "residue"]).iloc[:50]  # labels of another (shorter) store
     other = labels_from_spans(obs, pd.DataFrame({"sequence_id": obs["sequence_id"][:1], "start": [1], "end": [3], "concept": ["x"]}))
     with pytest.raises(WorkbenchError, match="labels cover 50 tokens"):
@@ -167,17 +142,17 @@ def test_streaming_refuses_what_it_does_not_do(case) -> None:  # type: ignore[no
         associate_streaming(store, labels, layer=2, sae=sae)
 
 
-def test_a_single_shard_store_gives_the_in_memory_null(case, tiny_esm2: Path, oas_fasta: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_single_shard_store_gives_the_in_memory_null(stream_case, tiny_esm2: Path, oas_fasta: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """One shard: every shift's only chunk wraps around the whole store."""
-    store, labels, _, _ = case
+    store, labels, _, _ = stream_case
     single = workbench.extract(str(tiny_esm2), oas_fasta, layers=[1], out=tmp_path / "one", progress=False)
     assert len(single.shards) == 1 and single.n_tokens == store.n_tokens
     memory = associate_store(single, labels, layer=1, n_permutations=4, seed=1)
     same_tables(memory, associate_streaming(single, labels, layer=1, n_permutations=4, seed=1))
 
 
-def test_code_cache_is_reused_only_for_the_same_sae(case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    store, labels, sae, _ = case
+def test_code_cache_is_reused_only_for_the_same_sae(stream_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = stream_case
     cache = tmp_path / "codes"
     first = associate_streaming(store, labels, layer=1, sae=sae, code_cache=cache)
     files = sorted(cache.glob("shard-*.npz"))
