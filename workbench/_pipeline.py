@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workbench.errors import InputError
+from workbench.errors import InputError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -232,6 +232,10 @@ def annotate(
     if labels.n_tokens != store.n_tokens:
         raise InputError(f"the labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     stream = stream or max_memory is not None
+    missing = store.missing_shards()
+    if missing:  # before any shard is read
+        raise StoreError(f"{store.path}: shard file {missing[0]} is missing"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if stream:  # only what the strata need: the token table of a large store is never read whole
         ids, token_sequence = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
         obs = store.obs(["sequence_id", *[c for c in cfg.strata_columns if c in store.obs_columns]])

@@ -60,3 +60,121 @@ def test_streamed_annotation_of_a_whole_sample_is_the_in_memory_one(setup: dict[
     pd.testing.assert_frame_equal(memory.adata.uns["examples"], streamed.adata.uns["examples"])
     assert np.array_equal(memory.adata.uns["example_activations"], streamed.adata.uns["example_activations"])
     assert (memory.table("verdicts")["verdict"] != "not captured").any()
+
+
+def test_a_capped_sample_keeps_whole_store_statistics_and_resumes(setup: dict[str, Any], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench._stream_pipeline as sp
+    from workbench._pipeline import AnnotateConfig
+
+    config = AnnotateConfig(n_permutations=2, n_causal=1, causal_sequences=2, probe_cv=3, n_bootstrap=50,
+                            sample_tokens=setup["store"].n_tokens // 3)
+    # A run killed after the associations: the finished stages are kept in the work folder, nothing at out.
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sp, "top_sequences", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "cat", stream=True, config=config)
+    assert not (tmp_path / "cat").exists()
+    work = tmp_path / "cat.annotate-work"
+    assert {"association-sae", "association-neurons", "association-random", "verdicts"} <= {p.name for p in work.iterdir()}
+    monkeypatch.undo()
+    catalog = run(setup, tmp_path / "cat", stream=True, config=config)
+    info = catalog.summary["streamed"]
+    assert {"association-sae", "association-neurons", "association-random", "verdicts"} <= set(info["resumed_stages"])
+    assert not work.exists()
+    sample = info["sample"]
+    assert 0 < sample["n_tokens"] <= setup["store"].n_tokens // 3 and sample["n_sequences"] < setup["store"].n_sequences
+    assert len(catalog.table("sample_sequences")) == sample["n_sequences"]
+    # Whole-store statistics: the association is the in-memory one on every token, the catalog holds every sequence.
+    from workbench.associate import associate_store
+    from workbench.stratified import token_strata
+
+    store, labels = setup["store"], setup["labels"]
+    strata = token_strata(labels, store.obs(), groups=config.strata_groups, columns=config.strata_columns,
+                          sequence_groups=config.strata_sequence_groups)
+    whole = associate_store(store, labels, layer=1, sae=workbench_sae(setup), n_permutations=2, strata=strata.codes)
+    for name in ("pairs", "best"):
+        got = catalog.table("association" if name == "pairs" else "best_sae")
+        want = getattr(whole, name)
+        pd.testing.assert_frame_equal(got[want.columns.drop(["null_p", "null_p_empirical", "null_z", "null_q"],
+                                                              errors="ignore")].reset_index(drop=True),
+                                      want[want.columns.drop(["null_p", "null_p_empirical", "null_z", "null_q"],
+                                                             errors="ignore")].reset_index(drop=True),
+                                      check_exact=True, check_categorical=False, check_dtype=False)
+    assert catalog.adata.n_obs == store.n_sequences and catalog.summary["n_tokens"] == store.n_tokens
+    assert len(catalog.table("probes")) and len(catalog.table("missing_annotations")) >= 0
+
+
+def workbench_sae(setup: dict[str, Any]) -> Any:
+    from workbench.sae import load_sae
+
+    return load_sae(setup["root"] / "sae")
+
+
+def test_streamed_annotation_refuses_changed_or_missing_shards(setup: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    import workbench
+    from workbench.errors import StoreError
+
+    copy = tmp_path / "store"
+    shutil.copytree(setup["store"].path, copy)
+    target = copy / "shards" / "shard-00001" / "layer_1.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="shard-00001.*changed"):
+        workbench.annotate(workbench.open_store(copy), setup["root"] / "sae", setup["labels"], layer=1,
+                           out=tmp_path / "cat", stream=True, progress=False)
+    (copy / "shards" / "shard-00002" / "obs.parquet").unlink()
+    with pytest.raises(StoreError, match="shard-00002/obs.parquet is missing"):
+        workbench.annotate(workbench.open_store(copy), setup["root"] / "sae", setup["labels"], layer=1,
+                           out=tmp_path / "cat", stream=True, progress=False)
+    with pytest.raises(WorkbenchError, match="too small for shard shard-00000"):
+        workbench.annotate(setup["store"], setup["root"] / "sae", setup["labels"], layer=1, out=tmp_path / "cat",
+                           max_memory=100_000, progress=False)
+    assert not (tmp_path / "cat").exists()
+
+
+def test_two_processes_write_the_one_process_catalog(setup: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import textwrap
+
+    from workbench._pipeline import AnnotateConfig
+
+    config = AnnotateConfig(n_permutations=2, n_causal=0, probe_cv=3, n_bootstrap=50, score_descriptions=False,
+                            sample_tokens=setup["store"].n_tokens // 2)
+    one = run(setup, tmp_path / "one", stream=True, config=config)
+    with open(tmp_path / "inputs.pkl", "wb") as fh:
+        pickle.dump((setup["labels"], config), fh)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import pickle
+        import workbench
+        labels, config = pickle.load(open({str(tmp_path / 'inputs.pkl')!r}, "rb"))
+        root = {str(setup['root'])!r}
+        workbench.annotate(root + "/store", root + "/sae", labels, layer=1, out={str(tmp_path / 'two')!r},
+                           control_store=root + "/control", control_sae=root + "/sae_control", config=config,
+                           stream=True, progress=False)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(29800 + os.getpid() % 1000), str(script)], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[2], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    import workbench
+
+    two = workbench.Catalog.open(tmp_path / "two")
+    assert two.summary["streamed"]["world_size"] == 2 and one.summary["streamed"]["world_size"] == 1
+    for name in one.tables:
+        a, b = (t.drop(columns=[c for c in ("seconds",) if c in t.columns]) for t in (one.table(name), two.table(name)))
+        pd.testing.assert_frame_equal(a, b, check_exact=name != "profile", rtol=1e-12, obj=name)
+    assert (one.adata.X != two.adata.X).nnz == 0
+    pd.testing.assert_frame_equal(one.adata.uns["examples"], two.adata.uns["examples"])
+    assert np.array_equal(one.adata.uns["example_activations"], two.adata.uns["example_activations"])
+    assert not (tmp_path / "two.annotate-work").exists()
