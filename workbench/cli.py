@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--group-sep", help="group records by their id up to the last SEP (e.g. '|' for id|chain)")
     an.add_argument("--permutations", type=int, default=20, help="label permutations for the best-F1 null")
     an.add_argument("--n-causal", type=int, default=16, help="features given the causal check (0: skip; needs the model)")
+    an.add_argument("--stream", action="store_true",
+                    help="shard by shard: whole-store statistics without the tokens x features matrix, the matrix "
+                         "analyses on a seeded sample; resumable; splits the shards across processes under torchrun")
+    an.add_argument("--max-memory", type=_size, metavar="SIZE",
+                    help="memory budget (e.g. 4G, 512M); implies --stream and sizes the sample and the permutation "
+                         "counts from it; refused when one shard does not fit")
+    an.add_argument("--sample-tokens", type=int, help="tokens in the streamed mode's sample (default 262144)")
     an.add_argument("--out", required=True, help="catalog folder to create")
     an.add_argument("--overwrite", action="store_true", help="replace an existing catalog")
     an.add_argument("--no-progress", action="store_true")
@@ -369,6 +376,19 @@ def _app(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)
 
 
+def _size(text: str) -> int:
+    """A byte count such as ``4G``, ``512M``, ``1.5GiB`` or ``1000000`` (binary multiples)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4G or 512M)")
+    value = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a memory budget must be positive, not {text!r}")
+    return int(value)
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from workbench._pipeline import AnnotateConfig, annotate
     from workbench.registry import domain_annotator, labels_for, store_domain
@@ -399,16 +419,32 @@ def _annotate(args: argparse.Namespace) -> int:
               f"SAE {s.get('concepts_captured_sae')}, neurons {s.get('concepts_captured_neurons')}, "
               f"random control {s.get('concepts_captured_random')}")
         return 0
+    if (args.stream or args.max_memory or args.sample_tokens) and annotator is not None:
+        raise WorkbenchError("--stream, --max-memory and --sample-tokens apply to sequence stores")
     labels = labels_for(store, args.source, domain=args.domain)
+    config = AnnotateConfig(n_permutations=args.permutations, n_causal=args.n_causal)
+    if args.sample_tokens is not None:
+        if args.sample_tokens < 1:
+            raise WorkbenchError(f"--sample-tokens must be positive, not {args.sample_tokens}")
+        config.sample_tokens = args.sample_tokens
     catalog = annotate(
         store, args.sae, labels, layer=args.layer, out=args.out, control_store=args.control_store, control_sae=args.control_sae,
-        sequence_groups=groups, config=AnnotateConfig(n_permutations=args.permutations, n_causal=args.n_causal),
-        overwrite=args.overwrite, progress=not args.no_progress,
+        sequence_groups=groups, config=config, overwrite=args.overwrite, progress=not args.no_progress,
+        stream=args.stream or args.sample_tokens is not None, max_memory=args.max_memory,
     )
+    if catalog is None:  # another rank under torchrun: rank 0 wrote the catalog
+        return 0
     s = catalog.summary
     print(f"wrote {args.out}: {s.get('n_features')} features x {s.get('n_concepts')} concepts; captured (test F1 > 0.5): "
           f"SAE {s.get('concepts_captured_sae')}, neurons {s.get('concepts_captured_neurons')}, "
           f"random control {s.get('concepts_captured_random')}")
+    from workbench._stream_pipeline import peak_rss_bytes
+
+    streamed = s.get("streamed")
+    budget = f" of a {args.max_memory / 2**30:.2f} GiB budget" if args.max_memory else ""
+    print(f"peak memory {peak_rss_bytes() / 2**30:.2f} GiB{budget}" + (
+        f"; streamed over {streamed['n_shards']} shards, sample of {streamed['sample']['n_tokens']} tokens"
+        if isinstance(streamed, dict) and "sample" in streamed else ""))
     return 0
 
 

@@ -178,3 +178,28 @@ def test_two_processes_write_the_one_process_catalog(setup: dict[str, Any], tmp_
     pd.testing.assert_frame_equal(one.adata.uns["examples"], two.adata.uns["examples"])
     assert np.array_equal(one.adata.uns["example_activations"], two.adata.uns["example_activations"])
     assert not (tmp_path / "two.annotate-work").exists()
+
+
+def test_cli_annotate_with_a_memory_budget(setup: dict[str, Any], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from workbench.cli import main
+
+    root = setup["root"]
+    base = ["annotate", "--store", str(root / "store"), "--layer", "1", "--sae", str(root / "sae"), "--source", "motif",
+            "--source", "anarci", "--permutations", "0", "--n-causal", "0", "--no-progress"]
+    assert main([*base, "--max-memory", "2G", "--out", str(tmp_path / "cat")]) == 0
+    out = capsys.readouterr().out
+    assert "peak memory" in out and "of a 2.00 GiB budget" in out and "streamed over" in out
+    import workbench
+
+    info = workbench.Catalog.open(tmp_path / "cat").summary["streamed"]
+    assert info["memory_budget_gib"] == 2.0 and info["null_memory_gib"] == 0.5
+    for extra, message in ((["--max-memory", "50K"], "too small for shard shard-00000"),
+                           (["--sample-tokens", "0"], "--sample-tokens must be positive")):
+        assert main([*base, *extra, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and err.startswith("workbench: error:"), err
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.annotate-work").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--max-memory", "lots", "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2 and "not a size" in capsys.readouterr().err
