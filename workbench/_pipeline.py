@@ -238,7 +238,9 @@ def annotate(
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if stream:  # only what the strata need: the token table of a large store is never read whole
         ids, token_sequence = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
-        obs = store.obs(["sequence_id", *[c for c in cfg.strata_columns if c in store.obs_columns]])
+        from workbench._stream_pipeline import token_columns
+
+        obs = token_columns(store, [c for c in cfg.strata_columns if c in store.obs_columns])
     else:
         ids, token_sequence, obs = _token_sequence(store)
     if sequence_groups is None:
@@ -253,7 +255,7 @@ def annotate(
         from workbench.stratified import token_strata
 
         strata = token_strata(labels, obs, groups=cfg.strata_groups, columns=cfg.strata_columns,
-                              sequence_groups=cfg.strata_sequence_groups)
+                              sequence_groups=cfg.strata_sequence_groups, token_sequence=token_sequence)
         if len(strata.names) > 1:
             assoc_options["strata"] = strata.codes
             _log(progress, f"strata: {strata.description} ({len(strata.names)})")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.stream_associate import ShardFeatures
 
 __all__ = ["StreamWork", "StreamedStatistics", "Sample", "streamed_statistics", "sample_inputs", "peak_rss_bytes",
-           "memory_plan"]
+           "memory_plan", "token_columns", "run_streamed"]
 
 WORK_SUFFIX = ".annotate-work"
 
@@ -65,6 +65,20 @@ def memory_plan(store: ActivationStore, *, layer: int, width: int, k: int | None
                              f"({shard.n_tokens} tokens need about {need / 2**30:.2f} GiB at once; give at least "
                              f"{2 * need / 2**30:.2f} GiB)")
     return {"null_memory": max(max_memory // 4, 1 << 20), "sample_tokens": max(int(max_memory // 2 // 8192), 1000)}
+
+
+def token_columns(store: ActivationStore, columns: list[str]) -> pd.DataFrame:
+    """Columns of the store's token table as categoricals, read one shard at a time (no string per token)."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    parts: dict[str, list[Any]] = {c: [] for c in columns}
+    for i in range(len(store.shards)):
+        frame = store.shard_obs(i, columns) if columns else None
+        for c in columns:
+            parts[c].append(pd.Categorical(frame[c].astype(str)))  # type: ignore[index]
+    data = {c: pd.Series(union_categoricals(v) if v else pd.Categorical([])) for c, v in parts.items()}
+    return pd.DataFrame(data, index=pd.RangeIndex(store.n_tokens)) if data else pd.DataFrame(index=pd.RangeIndex(store.n_tokens))
 
 
 def labels_sha256(labels: ConceptLabels) -> str:

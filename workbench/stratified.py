@@ -61,36 +61,60 @@ class Strata(NamedTuple):
 
 
 def token_strata(labels: ConceptLabels, obs: pd.DataFrame, *, groups: Sequence[str] = ("imgt",),
-                 columns: Sequence[str] = ("residue",), sequence_groups: Sequence[str] = ("chain_type",)) -> Strata:
+                 columns: Sequence[str] = ("residue",), sequence_groups: Sequence[str] = ("chain_type",),
+                 token_sequence: np.ndarray | None = None) -> Strata:
     """Strata from token concept groups (a numbering), ``obs`` columns (the residue) and sequence concept groups
     (the chain type), crossed. Parts that the labels or ``obs`` lack are left out (the description names what was
-    used); with no part at all, every token is one stratum."""
+    used); with no part at all, every token is one stratum. ``token_sequence`` (each token's sequence in store
+    order) replaces ``obs["sequence_id"]``; categorical ``obs`` columns are read by their codes, so a large store's
+    token table need not hold a string per token. Strata are numbered in the sorted order of their names."""
     import pandas as pd
 
     if len(obs) != labels.n_tokens:
         raise InputError(f"obs has {len(obs)} rows for {labels.n_tokens} labelled tokens")
-    parts: dict[str, Any] = {}
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (codes per token, value names)
+
+    def factor(values: Any) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+            cat = values.cat.remove_unused_categories()
+            return cat.cat.codes.to_numpy().astype(np.int64), np.asarray(cat.cat.categories.astype(str), dtype=object)
+        codes, uniques = pd.factorize(pd.Series(values, dtype=object).astype(str), sort=False)
+        return codes.astype(np.int64), np.asarray(uniques, dtype=object)
+
     for g in groups:
         values = labels.group_values(g, "token")
         if values is not None:
-            parts[g] = np.where(values == None, "-", values)  # noqa: E711 - elementwise on an object array
+            parts[g] = factor(np.where(values == None, "-", values))  # noqa: E711 - elementwise on an object array
     for c in columns:
         if c in obs.columns:
-            parts[c] = obs[c].astype(str).to_numpy()
+            parts[c] = factor(obs[c])
     if sequence_groups:
-        seq = pd.factorize(obs["sequence_id"].astype(str), sort=False)[0] if "sequence_id" in obs.columns else None
+        seq = token_sequence
+        if seq is None and "sequence_id" in obs.columns:
+            seq = pd.factorize(obs["sequence_id"].astype(str), sort=False)[0]
         n_seq = labels.sequences.shape[0]
         if seq is not None and (len(seq) == 0 or seq.max() < n_seq):
             for g in sequence_groups:
                 values = labels.group_values(g, "sequence")
                 if values is not None:
-                    parts[g] = np.where(values == None, "-", values)[seq]  # noqa: E711
+                    codes, names = factor(np.where(values == None, "-", values))  # noqa: E711
+                    parts[g] = (codes[np.asarray(seq, dtype=np.int64)], names)
     if not parts:
         return Strata(np.zeros(labels.n_tokens, dtype=np.int64), ["all"], "none (one stratum)")
-    frame = pd.DataFrame(parts)
-    key = frame.astype(str).agg("|".join, axis=1) if frame.shape[1] > 1 else frame.iloc[:, 0].astype(str)
-    codes, names = pd.factorize(key, sort=True)
-    return Strata(codes.astype(np.int64), [str(n) for n in names], " x ".join(parts))
+    key = np.zeros(labels.n_tokens, dtype=np.int64)
+    for codes, names in parts.values():  # mixed radix over the parts' value counts
+        key = key * max(len(names), 1) + codes
+    combos, inverse = np.unique(key, return_inverse=True)
+    digits, rest = [], combos.copy()
+    for codes, names in reversed(list(parts.values())):
+        base = max(len(names), 1)
+        digits.append(names[rest % base] if len(names) else np.full(len(rest), "", dtype=object))
+        rest = rest // base
+    text = ["|".join(map(str, row)) for row in zip(*reversed(digits))]
+    order = np.argsort(np.asarray(text, dtype=object), kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return Strata(rank[inverse.ravel()].astype(np.int64), [text[i] for i in order], " x ".join(parts))
 
 
 def _onehot(codes: np.ndarray, n: int) -> sp.csr_matrix:

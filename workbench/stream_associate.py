@@ -299,15 +299,17 @@ def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representa
             total = add_counts(total, block_counts(reps, lab[a:b], inst[a:b], None if masks is None else masks[a:b],
                                                    scope_index, tok_test[a:b], n_test))
         if total is None:  # a rank without shards
-            n_con = len(concepts)
-            total = {"n_labelled": np.zeros((n_con, n_test)), "n_instances": np.zeros((n_con, n_test)),
-                     **{name: {k: np.zeros((n_con, n_test)) for k in ("tp", "n_active", "hit")} for name in representations}}
+            def zeros() -> np.ndarray:
+                return np.zeros((len(concepts), n_test), dtype=np.float32)
+
+            total = {"n_labelled": zeros(), "n_instances": zeros(),
+                     **{name: {k: zeros() for k in ("tp", "n_active", "hit")} for name in representations}}
         for key, value in total.items():
             if isinstance(value, dict):
                 for k in value:
-                    value[k] = _all_reduce(value[k], dist, "sum")
+                    value[k] = _all_reduce(value[k], dist, "sum").astype(np.float32)
             else:
-                total[key] = _all_reduce(value, dist, "sum")
+                total[key] = _all_reduce(value, dist, "sum").astype(np.float32)
     finally:
         dist.close()
     return verdicts_from_counts(total, {name: assoc for name, (_, assoc) in representations.items()}, concepts,

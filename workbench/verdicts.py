@@ -175,8 +175,8 @@ def _concept_tokens(lab: Any, inst: Any, masks: np.ndarray | None, scope_index: 
     inst = inst.tocsc()
     inst.eliminate_zeros()
     n_con = lab.shape[1]
-    n_labelled = np.zeros((n_con, n_test))
-    n_instances = np.zeros((n_con, n_test))
+    n_labelled = np.zeros((n_con, n_test), dtype=np.float32)  # per-sequence counts: exact in float32
+    n_instances = np.zeros((n_con, n_test), dtype=np.float32)
     rows_of, inst_rows, inst_of, inst_seq = [], [], [], []
     for j in range(n_con):
         rows = lab.indices[lab.indptr[j]: lab.indptr[j + 1]]
@@ -212,7 +212,7 @@ def _sequence_counts(name: str, values: Any, names: Sequence[str], best: pd.Data
     thresholds = best["threshold"].to_numpy(dtype=np.float64)
     masks, scope_index = shared["masks"], shared["scope_index"]
     n_con = len(chosen)
-    tp, n_active, hit = (np.zeros((n_con, n_test)) for _ in range(3))
+    tp, n_active, hit = (np.zeros((n_con, n_test), dtype=np.float32) for _ in range(3))
     is_active = np.zeros(len(tok_test), dtype=bool)
     for j in range(n_con):
         k = col_of[j]
