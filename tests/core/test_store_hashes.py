@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import workbench
-import workbench._extract as extract_mod
 from workbench._shard_writer import HASHES_FILE
 from workbench.errors import StoreError
 from workbench.store import file_sha256
@@ -130,30 +129,3 @@ def test_a_store_without_hashes_is_checked_by_existence_and_shape(copy) -> None:
     (old.shard_dir(0) / "obs.parquet").unlink()
     with pytest.raises(StoreError, match="obs.parquet is missing"):
         old.verify_shard(0, layer=1)
-
-
-def test_a_resumed_extraction_keeps_every_shard_hash(tiny_esm2: Path, oas_fasta: Path, tmp_path: Path, monkeypatch, store) -> None:  # type: ignore[no-untyped-def]
-    real = extract_mod._write_shard
-    done: list[str] = []
-
-    def dies_after_three(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if len(done) == 3:
-            raise KeyboardInterrupt  # as if killed part-way through the fourth shard
-        real(*args, **kwargs)
-        done.append(args[2].name)
-
-    monkeypatch.setattr(extract_mod, "_write_shard", dies_after_three)
-    out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        _extract(tiny_esm2, oas_fasta, out)
-    shards = tmp_path / "resumed.partial" / "shards"
-    assert sorted(p.name for p in shards.iterdir()) == done
-    assert all((shards / name / HASHES_FILE).is_file() for name in done)
-    # A shard finished by a version that did not record hashes: they are computed when the manifest is written.
-    (shards / done[1] / HASHES_FILE).unlink()
-    monkeypatch.undo()
-    resumed = _extract(tiny_esm2, oas_fasta, out)
-    _recorded_equal_recomputed(resumed)
-    assert [s.sha256 for s in resumed.shards] == [s.sha256 for s in store.shards]  # same bytes as one run
-    for i in range(len(resumed.shards)):
-        resumed.verify_shard(i)
