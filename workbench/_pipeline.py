@@ -475,6 +475,8 @@ def annotate(
         strings = _position_strings(labels, cfg.position_group, len(ids), token_sequence)
         if strings is not None:
             obs_extra = pd.DataFrame({cfg.position_group: strings}, index=pd.Index(ids, name="sequence_id"))
+    if parts is not None and parts.rows is not None and obs_extra is not None:  # the catalog's sequences only
+        obs_extra = obs_extra.iloc[parts.rows]
     summary = dict(summary_extra or {})
     summary.update(_summary(tables))
     summary.update(description_entries)

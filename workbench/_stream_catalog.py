@@ -60,8 +60,12 @@ def _shard_rows(store: ActivationStore) -> np.ndarray:
 def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, labels: ConceptLabels, *,
                             profile_groups: Sequence[str] = ("region", "imgt"), n_top: int = 10, n_per_bin: int = 2,
                             example_quantiles: Sequence[float] | None = None, seed: int = 0,
-                            dist: Dist | None = None) -> CatalogParts:
-    """The :class:`~workbench.catalog.CatalogParts` of ``features`` on ``store`` (module docstring)."""
+                            keep: np.ndarray | None = None, dist: Dist | None = None) -> CatalogParts:
+    """The :class:`~workbench.catalog.CatalogParts` of ``features`` on ``store`` (module docstring).
+
+    ``keep`` (store sequence indices) limits the catalog's sequences (its rows, ``X``) to those plus every example
+    sequence, so that the catalog grows with the features, not the store; None keeps every sequence. Statistics
+    (active tokens, sequences fired in, profiles, examples) cover the whole store either way."""
     import scipy.sparse as sp
 
     from workbench._stream_examples import StreamingExamples
@@ -75,31 +79,56 @@ def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, lab
     rows = _shard_rows(store)
     stats = FeatureStats(labels, n_feat, profile_groups=profile_groups, n_sequences=len(layout.sequence_ids))
     examples = StreamingExamples(n_feat, n_top=n_top, n_per_bin=n_per_bin, quantiles=quantiles, seed=seed)
+    for i in range(dist.rank, len(store.shards), dist.world_size):
+        values = features.shard(i)
+        x_max, local_seq = _pooled(store, values, layout, rows, i)[0::2]
+        stats.add(values, int(rows[i]), local_seq)
+        examples.add(x_max, store.shards[i].first_sequence)
+    if dist.world_size > 1:
+        for r, state in enumerate(dist.gather((_stats_state(stats), examples.state()))):
+            if r == dist.rank:
+                continue
+            other_stats, other_examples = state  # type: ignore[misc]
+            _merge_stats(stats, other_stats)
+            examples.merge(StreamingExamples.from_state(other_examples))
+    picked = examples.result()
+    n_seq = len(layout.sequence_ids)
+    chosen = np.arange(n_seq) if keep is None else np.union1d(np.asarray(keep, dtype=np.int64), picked["sequence"])
+    # Second pass: the chosen sequences' pooled rows and the examples' per-token activations.
+    wanted = np.zeros(n_seq, dtype=bool)
+    wanted[chosen] = True
     blocks: dict[int, tuple[Any, Any]] = {}
+    offsets, lengths, flat = _example_slots(picked, layout)
     for i in range(dist.rank, len(store.shards), dist.world_size):
         info = store.shards[i]
         values = features.shard(i)
-        first, n_seq = info.first_sequence, info.n_sequences
-        local_seq = layout.token_sequence[rows[i]: rows[i + 1]] - first
-        x_max, x_mean = pool_sequences(values, local_seq, layout.lengths[first: first + n_seq])
-        blocks[i] = (x_max, x_mean)
-        stats.add(values, int(rows[i]), local_seq)
-        examples.add(x_max, first)
+        x_max, x_mean, _ = _pooled(store, values, layout, rows, i)
+        mine = wanted[info.first_sequence: info.first_sequence + info.n_sequences]
+        blocks[i] = (x_max[mine], x_mean[mine])
+        _pack_shard(flat, offsets, picked, values, layout, int(rows[i]), info.first_sequence, info.n_sequences)
     if dist.world_size > 1:
-        for r, state in enumerate(dist.gather((blocks, _stats_state(stats), examples.state()))):
-            if r == dist.rank:
-                continue
-            other_blocks, other_stats, other_examples = state  # type: ignore[misc]
-            blocks.update(other_blocks)
-            _merge_stats(stats, other_stats)
-            examples.merge(StreamingExamples.from_state(other_examples))
+        for r, (other_blocks, other_flat) in enumerate(dist.gather((blocks, flat))):  # type: ignore[misc]
+            if r != dist.rank:
+                blocks.update(other_blocks)
+                np.maximum(flat, other_flat, out=flat)
     empty = sp.csr_matrix((0, n_feat), dtype=np.float32)
     x_max = sp.vstack([blocks[i][0] for i in range(len(store.shards))] or [empty], format="csr")
     x_mean = sp.vstack([blocks[i][1] for i in range(len(store.shards))] or [empty], format="csr")
-    picked = examples.result()
-    offsets, lengths, flat = _pack_streaming(store, features, picked, layout, dist)
+    if keep is not None:  # the catalog's own sequences: a layout of those, examples pointing at their rows
+        picked = {**picked, "sequence": np.searchsorted(chosen, picked["sequence"])}
+        layout = Layout([layout.sequence_ids[i] for i in chosen], np.zeros(0, dtype=np.int64), layout.starts[chosen],
+                        layout.lengths[chosen], [layout.sequences[i] for i in chosen], layout.separator)
     return CatalogParts(layout, x_max, x_mean, stats, np.asarray(features.maxima, dtype=np.float32),
-                        list(features.names), picked, offsets, lengths, flat)
+                        list(features.names), picked, offsets, lengths, flat, None if keep is None else chosen)
+
+
+def _pooled(store: ActivationStore, values: Any, layout: Layout, rows: np.ndarray, i: int) -> tuple[Any, Any, np.ndarray]:
+    """Shard ``i``'s per-sequence max and mean of every feature, and its tokens' sequences (shard-local)."""
+    info = store.shards[i]
+    first, n_seq = info.first_sequence, info.n_sequences
+    local_seq = layout.token_sequence[rows[i]: rows[i + 1]] - first
+    x_max, x_mean = pool_sequences(values, local_seq, layout.lengths[first: first + n_seq])
+    return x_max, x_mean, local_seq
 
 
 def _stats_state(stats: Any) -> dict[str, Any]:
@@ -117,40 +146,36 @@ def _merge_stats(stats: Any, other: dict[str, Any]) -> None:
         p.mass, p.total, p.scoped = p.mass + mass, p.total + total, p.scoped + scoped
 
 
-def _pack_streaming(store: ActivationStore, features: ShardFeatures, picked: dict[str, np.ndarray], layout: Layout,
-                    dist: Dist) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`~workbench._catalog_build.pack_activations`, each shard's examples from that shard's values."""
+def _example_slots(picked: dict[str, np.ndarray], layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets and lengths of every example's tokens in the packed array, and the array (zeros)."""
+    lengths = layout.lengths[picked["sequence"]]
+    offsets = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if len(lengths) else np.zeros(0, dtype=np.int64)
+    return offsets, lengths.astype(np.int32), np.zeros(int(lengths.sum()), dtype=np.uint8)
+
+
+def _pack_shard(flat: np.ndarray, offsets: np.ndarray, picked: dict[str, np.ndarray], values: Any, layout: Layout,
+                first_row: int, first_sequence: int, n_sequences: int) -> None:
+    """:func:`~workbench._catalog_build.pack_activations` for the examples whose sequence lies in one shard."""
     feat, seq = picked["feature"], picked["sequence"]
-    lengths = layout.lengths[seq]
-    offsets = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if len(seq) else np.zeros(0, dtype=np.int64)
-    flat = np.zeros(int(lengths.sum()), dtype=np.uint8)
-    rows = _shard_rows(store)
-    shard_of = np.searchsorted(rows, layout.starts[seq], side="right") - 1 if len(seq) else np.zeros(0, dtype=np.int64)
-    for i in range(dist.rank, len(store.shards), dist.world_size):
-        mine = np.flatnonzero(shard_of == i)
-        if len(mine) == 0:
-            continue
-        csc = features.shard(i).tocsc()
-        csc.sort_indices()
-        order = mine[np.argsort(feat[mine], kind="stable")]
-        slot = np.full(len(layout.lengths), -1, dtype=np.int64)
-        bounds = np.flatnonzero(np.r_[True, feat[order][1:] != feat[order][:-1], True])
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            hits = order[a:b]
-            j = int(feat[hits[0]])
-            slot[seq[hits]] = hits
-            s, e = csc.indptr[j], csc.indptr[j + 1]
-            token = csc.indices[s:e] + rows[i]
-            ts = layout.token_sequence[token]
-            k = slot[ts]
-            hit = k >= 0
-            flat[offsets[k[hit]] + token[hit] - layout.starts[ts[hit]]] = quantize(csc.data[s:e][hit])
-            slot[seq[hits]] = -1
-    if dist.world_size > 1:
-        for r, other in enumerate(dist.gather(flat)):
-            if r != dist.rank:
-                np.maximum(flat, other, out=flat)  # type: ignore[call-overload]
-    return offsets, lengths.astype(np.int32), flat
+    mine = np.flatnonzero((seq >= first_sequence) & (seq < first_sequence + n_sequences))
+    if len(mine) == 0:
+        return
+    csc = values.tocsc()
+    csc.sort_indices()
+    order = mine[np.argsort(feat[mine], kind="stable")]
+    slot = np.full(len(layout.lengths), -1, dtype=np.int64)
+    bounds = np.flatnonzero(np.r_[True, feat[order][1:] != feat[order][:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        hits = order[a:b]
+        j = int(feat[hits[0]])
+        slot[seq[hits]] = hits
+        s, e = csc.indptr[j], csc.indptr[j + 1]
+        token = csc.indices[s:e] + first_row
+        ts = layout.token_sequence[token]
+        k = slot[ts]
+        hit = k >= 0
+        flat[offsets[k[hit]] + token[hit] - layout.starts[ts[hit]]] = quantize(csc.data[s:e][hit])
+        slot[seq[hits]] = -1
 
 
 def sequence_mass(store: ActivationStore, features: ShardFeatures, wanted: Sequence[int], *,

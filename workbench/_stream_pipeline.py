@@ -262,15 +262,14 @@ class Sample:
 
 
 def sample_inputs(store: ActivationStore, labels: ConceptLabels, stats: StreamedStatistics, *, layer: int,
-                  control_store: ActivationStore | None, max_tokens: int, seed: int, work: StreamWork) -> Sample:
-    """The seeded sample (:func:`~workbench._subset.sample_sequences`) written as stores in ``work`` (reused when
-    already there), its labels, and each representation's feature matrix on it."""
-    from workbench._subset import labels_of_tokens, sample_sequences, subset_store
+                  control_store: ActivationStore | None, index: np.ndarray, work: StreamWork) -> Sample:
+    """The sample ``index`` (store sequence indices, :func:`~workbench._subset.sample_sequences`) written as stores
+    in ``work`` (reused when already there), its labels, and each representation's feature matrix on it."""
+    import scipy.sparse as sp
+
+    from workbench._subset import labels_of_tokens, subset_store
     from workbench.associate import FeatureMatrix
     from workbench.store import open_store
-    from workbench.stream_associate import ShardFeatures
-
-    index = sample_sequences(store, max_tokens=max_tokens, seed=seed)
 
     def written(source: ActivationStore, name: str) -> ActivationStore:
         path = work.path / name
@@ -288,10 +287,11 @@ def sample_inputs(store: ActivationStore, labels: ConceptLabels, stats: Streamed
     token_sequence = np.repeat(np.arange(len(index)), lengths)
     sample_labels = labels_of_tokens(labels, tokens, index, token_sequence)
     features = {}
-    for name, full in stats.features.items():
-        st = sub_control if name == "random" else sub
-        view = ShardFeatures(st, layer, full.sae, maxima=full.maxima)
-        features[name] = FeatureMatrix(view.shard(0), np.asarray(full.maxima, dtype=np.float32), list(full.names))
+    shard_of = np.searchsorted(starts, tokens, side="right") - 1
+    for name, full in stats.features.items():  # the whole store's normalised values (cached codes), the sample's rows
+        blocks = [full.shard(int(i))[tokens[shard_of == i] - starts[i]] for i in np.unique(shard_of)]
+        values = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(full.names)), dtype=np.float32)
+        features[name] = FeatureMatrix(values, np.asarray(full.maxima, dtype=np.float32), list(full.names))
     return Sample(sub, sub_control, sample_labels, features, tokens, index)
 
 
@@ -357,6 +357,7 @@ def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels, *, lay
     """The whole-store passes of the streamed annotation (every rank) and the sample (rank 0)."""
     from workbench._dist import Dist
     from workbench._stream_catalog import catalog_parts_streaming
+    from workbench._subset import sample_sequences
     from workbench.stream_associate import NULL_MEMORY
 
     check_stores(store, control_store, layer)
@@ -376,14 +377,19 @@ def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels, *, lay
     best = stats.associations["sae"].best
     wanted = [f for f in best.get("beyond_feature", best["best_feature"]).astype(str) if f]
     tops = timed("finding examples (streamed)", lambda: top_sequences(store, stats.features["sae"], wanted, dist=dist))
+    index = sample_sequences(store, max_tokens=plan["sample_tokens"], seed=cfg.seed)
+    position = {sid: i for i, sid in enumerate(store.sequences["sequence_id"].astype(str))}
+    keep = np.union1d(index, [position[sid] for ids in tops.values() for sid in ids])
     parts = timed("catalog parts (streamed)", lambda: catalog_parts_streaming(
-        store, stats.features["sae"], labels, profile_groups=cfg.profile_groups, seed=cfg.seed, dist=dist))
+        store, stats.features["sae"], labels, profile_groups=cfg.profile_groups, seed=cfg.seed, dist=dist,
+        keep=None if len(index) == store.n_sequences else keep))
     sample = None
     if dist.rank == 0:
         sample = timed("sample", lambda: sample_inputs(store, labels, stats, layer=layer, control_store=control_store,
-                                                       max_tokens=plan["sample_tokens"], seed=cfg.seed, work=work))
+                                                       index=index, work=work))
     info = {"world_size": dist.world_size, "memory_budget_gib": None if max_memory is None else round(max_memory / 2**30, 3),
             "null_memory_gib": round(plan["null_memory"] / 2**30, 3), "n_shards": len(store.shards)}
     if sample is not None:
         info["sample"] = sample.describe(store, plan["sample_tokens"])
+    info["catalog_sequences"] = "all" if parts.rows is None else "the sample, the examples and the findings' sequences"
     return Streamed(stats, sample, parts, tops, work, dist.rank == 0, info)

@@ -108,6 +108,9 @@ class CatalogParts(NamedTuple):
     lengths: np.ndarray
     flat: np.ndarray
     """The examples' per-token activations, quantised and concatenated."""
+    rows: np.ndarray | None = None
+    """The store sequences the catalog holds (its rows, in store order; ``layout`` and the examples' ``sequence``
+    index them); None: every sequence."""
 
 
 def catalog_parts(store: ActivationStore, features: FeatureMatrix, labels: ConceptLabels, *,
@@ -215,9 +218,12 @@ def build_catalog(
         parts = catalog_parts(store, features, labels, profile_groups=profile_groups, n_top=n_top, n_per_bin=n_per_bin,
                               example_quantiles=example_quantiles, seed=seed)
     layout = parts.layout
+    n_store_sequences = store.n_sequences
 
     # -- sequences ----------------------------------------------------------------------------------------------------
     seqs = store.sequences.reset_index(drop=True)
+    if parts.rows is not None:  # a catalog of some of the store's sequences (the streamed stage on a large store)
+        seqs = seqs.iloc[parts.rows].reset_index(drop=True)
     obs = seqs.drop(columns=["sequence_id"]).copy()
     obs.index = pd.Index(layout.sequence_ids)
     obs["sequence"] = layout.sequences
@@ -235,7 +241,8 @@ def build_catalog(
     var = pd.DataFrame(index=pd.Index(names))
     var["density"] = nnz_tokens / max(n_tokens, 1)
     var["max_activation"] = np.asarray(parts.max_activation, dtype=np.float32)
-    var["n_sequences"] = np.diff(x_max.tocsc().indptr).astype(np.int64)
+    var["n_sequences"] = (np.diff(x_max.tocsc().indptr) if parts.stats.fires_in is None
+                          else parts.stats.fires_in).astype(np.int64)
     for col in ("top_concept", "top_f1", "top_precision", "top_q", "top_threshold", "profile", "description"):
         var[col] = desc[col].to_numpy()
     dead = nnz_tokens == 0
@@ -280,7 +287,7 @@ def build_catalog(
 
     # -- summary, metrics, provenance -------------------------------------------------------------------------------------
     metrics_clean = {k: v for k, v in dict(metrics or {}).items() if k != "density"}
-    summary = _summary(association, controls, metrics_clean, n_features=n_features, n_sequences=len(layout.sequence_ids),
+    summary = _summary(association, controls, metrics_clean, n_features=n_features, n_sequences=n_store_sequences,
                        n_tokens=n_tokens, nnz=int(parts.stats.nnz.sum()), dead=dead, families=var["family"], n_examples=len(examples))
     for key, value in dict(summary_extra or {}).items():
         if key in summary and key not in ("fve", "l0", "dead_fraction", "loss_recovered"):

@@ -103,7 +103,15 @@ def test_a_capped_sample_keeps_whole_store_statistics_and_resumes(setup: dict[st
                                       want[want.columns.drop(["null_p", "null_p_empirical", "null_z", "null_q"],
                                                              errors="ignore")].reset_index(drop=True),
                                       check_exact=True, check_categorical=False, check_dtype=False)
-    assert catalog.adata.n_obs == store.n_sequences and catalog.summary["n_tokens"] == store.n_tokens
+    assert catalog.summary["n_sequences"] == store.n_sequences and catalog.summary["n_tokens"] == store.n_tokens
+    # The catalog holds the sample, the examples' and the findings' sequences, not every sequence of the store.
+    held = set(catalog.adata.obs_names)
+    findings = catalog.table("concept_findings")["examples"].astype(str)
+    named = {x.strip() for text in findings for x in text.split(",") if x.strip()}
+    assert held >= (set(catalog.table("sample_sequences")["sequence_id"])
+                    | set(catalog.adata.uns["examples"]["sequence_id"].astype(str)) | named)
+    assert catalog.summary["streamed"]["catalog_sequences"] != "all"
+    assert (catalog.features["n_sequences"] > 0).any()  # sequences fired in: counted over the whole store
     assert len(catalog.table("probes")) and len(catalog.table("missing_annotations")) >= 0
 
 

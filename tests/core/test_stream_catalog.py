@@ -45,6 +45,23 @@ def test_streamed_catalog_parts_equal_the_in_memory_ones(stream_case) -> None:  
     assert by_shard.sequences == layout.sequences and np.array_equal(by_shard.token_sequence, layout.token_sequence)
 
 
+def test_a_catalog_of_some_sequences_keeps_whole_store_examples(stream_case) -> None:  # type: ignore[no-untyped-def]
+    store, labels, sae, _ = stream_case
+    memory = catalog_parts(store, feature_matrix(store, sae, layer=1), labels, profile_groups=("nterm",), n_top=1,
+                           n_per_bin=0, seed=1)
+    keep = np.array([0, 5, 7])
+    part = catalog_parts_streaming(store, ShardFeatures(store, 1, sae), labels, profile_groups=("nterm",), n_top=1,
+                                   n_per_bin=0, seed=1, keep=keep)
+    rows = part.rows
+    assert np.array_equal(rows, np.union1d(keep, memory.picked["sequence"])) and len(rows) < store.n_sequences
+    assert set(memory.picked["sequence"]) <= set(rows)  # every example sequence is held
+    assert (part.x_max != memory.x_max[rows]).nnz == 0 and (part.x_mean != memory.x_mean[rows]).nnz == 0
+    assert part.layout.sequence_ids == [memory.layout.sequence_ids[i] for i in rows]
+    np.testing.assert_array_equal(rows[part.picked["sequence"]], memory.picked["sequence"])
+    np.testing.assert_array_equal(part.flat, memory.flat)
+    np.testing.assert_array_equal(part.stats.fires_in, memory.stats.fires_in)
+
+
 def test_sequence_mass_is_the_per_sequence_sum(stream_case) -> None:  # type: ignore[no-untyped-def]
     store, _, sae, _ = stream_case
     fm = feature_matrix(store, sae, layer=1)
