@@ -63,9 +63,11 @@ def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, lab
                             keep: np.ndarray | None = None, dist: Dist | None = None) -> CatalogParts:
     """The :class:`~workbench.catalog.CatalogParts` of ``features`` on ``store`` (module docstring).
 
-    ``keep`` (store sequence indices) limits the catalog's sequences (its rows, ``X``) to those plus every example
-    sequence, so that the catalog grows with the features, not the store; None keeps every sequence. Statistics
-    (active tokens, sequences fired in, profiles, examples) cover the whole store either way."""
+    ``keep`` (store sequence indices) limits the catalog's sequences (its rows) to those plus every example
+    sequence, and its pooled activations (``X``, the means) to those: an example-only row is empty (the example
+    carries its own per-token activations), so the catalog grows with the features and the sample, not the store.
+    None keeps and pools every sequence. Statistics (active tokens, sequences fired in, profiles, examples) cover
+    the whole store either way."""
     import scipy.sparse as sp
 
     from workbench._stream_examples import StreamingExamples
@@ -94,17 +96,24 @@ def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, lab
     picked = examples.result()
     n_seq = len(layout.sequence_ids)
     chosen = np.arange(n_seq) if keep is None else np.union1d(np.asarray(keep, dtype=np.int64), picked["sequence"])
-    # Second pass: the chosen sequences' pooled rows and the examples' per-token activations.
+    # Second pass: the chosen sequences' pooled rows (empty for a sequence held only as an example: its activations
+    # travel with the example) and the examples' per-token activations.
     wanted = np.zeros(n_seq, dtype=bool)
     wanted[chosen] = True
+    pooled = np.zeros(n_seq, dtype=bool)
+    pooled[np.arange(n_seq) if keep is None else np.asarray(keep, dtype=np.int64)] = True
     blocks: dict[int, tuple[Any, Any]] = {}
     offsets, lengths, flat = _example_slots(picked, layout)
     for i in range(dist.rank, len(store.shards), dist.world_size):
         info = store.shards[i]
         values = features.shard(i)
         x_max, x_mean, _ = _pooled(store, values, layout, rows, i)
-        mine = wanted[info.first_sequence: info.first_sequence + info.n_sequences]
-        blocks[i] = (x_max[mine], x_mean[mine])
+        span = slice(info.first_sequence, info.first_sequence + info.n_sequences)
+        blank = sp.diags((pooled[span] | ~wanted[span]).astype(np.float32))  # zero the example-only rows
+        x_max, x_mean = sp.csr_matrix(blank @ x_max), sp.csr_matrix(blank @ x_mean)
+        x_max.eliminate_zeros()
+        x_mean.eliminate_zeros()
+        blocks[i] = (x_max[wanted[span]], x_mean[wanted[span]])
         _pack_shard(flat, offsets, picked, values, layout, int(rows[i]), info.first_sequence, info.n_sequences)
     if dist.world_size > 1:
         for r, (other_blocks, other_flat) in enumerate(dist.gather((blocks, flat))):  # type: ignore[misc]
@@ -119,7 +128,8 @@ def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, lab
         layout = Layout([layout.sequence_ids[i] for i in chosen], np.zeros(0, dtype=np.int64), layout.starts[chosen],
                         layout.lengths[chosen], [layout.sequences[i] for i in chosen], layout.separator)
     return CatalogParts(layout, x_max, x_mean, stats, np.asarray(features.maxima, dtype=np.float32),
-                        list(features.names), picked, offsets, lengths, flat, None if keep is None else chosen)
+                        list(features.names), picked, offsets, lengths, flat, None if keep is None else chosen,
+                        None if keep is None else pooled[chosen])
 
 
 def _pooled(store: ActivationStore, values: Any, layout: Layout, rows: np.ndarray, i: int) -> tuple[Any, Any, np.ndarray]:

@@ -368,6 +368,14 @@ def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels, *, lay
     dist = Dist.setup("cpu", keep=True)
     key = stream_key(store, sae, labels, control_store, control_sae, layer, cfg,
                      {"plan": plan, "world_size": dist.world_size})
+    if dist.world_size > 1:  # every rank must stream the same inputs, or the summed counts mean nothing
+        keys = dist.gather(key)
+        for part in ("store", "labels", "sae", "control_store", "control_sae", "layer", "config", "plan"):
+            seen = [k[part] for k in keys]  # type: ignore[index]
+            if any(v != seen[0] for v in seen):
+                r = next(i for i, v in enumerate(seen) if v != seen[0])
+                raise InputError(f"the ranks see different inputs: rank {r}'s {part.replace('_', ' ')} differs from "
+                                 "rank 0's (give every process the same store, SAE, labels and options)")
     work = StreamWork.open(out, key) if dist.rank == 0 else StreamWork(out.with_name(out.name + WORK_SUFFIX), writer=False)
     dist.barrier()  # the folder exists (and holds the right key) before any rank writes into it
     codes = strata.codes if strata is not None else None
@@ -391,5 +399,6 @@ def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels, *, lay
             "null_memory_gib": round(plan["null_memory"] / 2**30, 3), "n_shards": len(store.shards)}
     if sample is not None:
         info["sample"] = sample.describe(store, plan["sample_tokens"])
-    info["catalog_sequences"] = "all" if parts.rows is None else "the sample, the examples and the findings' sequences"
+    info["catalog_sequences"] = ("all" if parts.rows is None else "the sample's, the findings' and the examples' "
+                                                                     "sequences; X pooled for the first two (obs['pooled'])")
     return Streamed(stats, sample, parts, tops, work, dist.rank == 0, info)

@@ -111,6 +111,9 @@ class CatalogParts(NamedTuple):
     rows: np.ndarray | None = None
     """The store sequences the catalog holds (its rows, in store order; ``layout`` and the examples' ``sequence``
     index them); None: every sequence."""
+    pooled: np.ndarray | None = None
+    """Per catalog row: ``x_max`` / ``x_mean`` hold its pooled activations (False: a sequence held only for its
+    examples, an empty row); None: every row."""
 
 
 def catalog_parts(store: ActivationStore, features: FeatureMatrix, labels: ConceptLabels, *,
@@ -229,6 +232,8 @@ def build_catalog(
     obs["sequence"] = layout.sequences
     if obs_extra is not None:
         obs = _join_extra(obs, obs_extra, layout.sequence_ids, "sequence_id", "obs_extra", "the store's sequence columns")
+    if parts.pooled is not None:  # which rows of X carry pooled activations (the others hold an example only)
+        obs["pooled"] = np.asarray(parts.pooled, dtype=bool)
     obs = clean_frame(obs, keep_index=True)
     obs.index.name = None
 

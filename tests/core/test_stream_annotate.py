@@ -111,6 +111,8 @@ def test_a_capped_sample_keeps_whole_store_statistics_and_resumes(setup: dict[st
     assert held >= (set(catalog.table("sample_sequences")["sequence_id"])
                     | set(catalog.adata.uns["examples"]["sequence_id"].astype(str)) | named)
     assert catalog.summary["streamed"]["catalog_sequences"] != "all"
+    obs = catalog.adata.obs
+    assert obs.loc[catalog.table("sample_sequences")["sequence_id"].astype(str), "pooled"].all()
     assert (catalog.features["n_sequences"] > 0).any()  # sequences fired in: counted over the whole store
     assert len(catalog.table("probes")) and len(catalog.table("missing_annotations")) >= 0
 
@@ -211,3 +213,37 @@ def test_cli_annotate_with_a_memory_budget(setup: dict[str, Any], tmp_path: Path
     with pytest.raises(SystemExit) as exc:
         main([*base, "--max-memory", "lots", "--out", str(tmp_path / "bad")])
     assert exc.value.code == 2 and "not a size" in capsys.readouterr().err
+
+
+def test_ranks_that_see_different_labels_are_refused(setup: dict[str, Any], tmp_path: Path) -> None:
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import textwrap
+
+    labels = setup["labels"]
+    with open(tmp_path / "labels.pkl", "wb") as fh:
+        pickle.dump((labels, labels.subset(range(1, labels.tokens.shape[1]), None)), fh)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, pickle
+        import workbench
+        from workbench.errors import WorkbenchError
+        rank = int(os.environ["RANK"])
+        labels = pickle.load(open({str(tmp_path / 'labels.pkl')!r}, "rb"))[rank]  # rank 1 lacks a concept
+        root = {str(setup['root'])!r}
+        try:
+            workbench.annotate(root + "/store", root + "/sae", labels, layer=1, out={str(tmp_path / 'cat')!r},
+                               stream=True, progress=False)
+        except WorkbenchError as exc:
+            open({str(tmp_path)!r} + f"/rank{{rank}}.txt", "w").write(str(exc))
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(29900 + os.getpid() % 1000), str(script)], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[2], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        assert "rank 1's labels differs from rank 0's" in (tmp_path / f"rank{rank}.txt").read_text()
+    assert not (tmp_path / "cat").exists()

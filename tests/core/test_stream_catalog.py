@@ -55,7 +55,10 @@ def test_a_catalog_of_some_sequences_keeps_whole_store_examples(stream_case) -> 
     rows = part.rows
     assert np.array_equal(rows, np.union1d(keep, memory.picked["sequence"])) and len(rows) < store.n_sequences
     assert set(memory.picked["sequence"]) <= set(rows)  # every example sequence is held
-    assert (part.x_max != memory.x_max[rows]).nnz == 0 and (part.x_mean != memory.x_mean[rows]).nnz == 0
+    pooled = part.pooled  # pooled activations for the kept sequences; the example-only rows are empty
+    assert np.array_equal(rows[pooled], keep) and not pooled.all()
+    assert (part.x_max[pooled] != memory.x_max[keep]).nnz == 0 and (part.x_mean[pooled] != memory.x_mean[keep]).nnz == 0
+    assert part.x_max[~pooled].nnz == 0 and part.x_mean[~pooled].nnz == 0
     assert part.layout.sequence_ids == [memory.layout.sequence_ids[i] for i in rows]
     np.testing.assert_array_equal(rows[part.picked["sequence"]], memory.picked["sequence"])
     np.testing.assert_array_equal(part.flat, memory.flat)
