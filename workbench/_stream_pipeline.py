@@ -322,7 +322,7 @@ class Streamed:
     info: dict[str, Any]
 
     def finding_examples(self, findings: pd.DataFrame) -> list[str]:
-        """:func:`workbench._pipeline._finding_examples` from the whole-store top sequences."""
+        """:func:`workbench._annotate_tables._finding_examples` from the whole-store top sequences."""
         return [", ".join(self.top_sequences.get(str(f), [])) if status in ("finding", "control as good") else ""
                 for f, status in zip(findings["beyond_feature"].astype(str), findings["finding"])]
 

@@ -295,7 +295,8 @@ def test_unexplained_evidence_is_taken_inside_the_scope() -> None:
 
 
 def test_pipeline_helpers_keep_scopes_and_write_measures() -> None:
-    from workbench._pipeline import _measures_table, _without_sources
+    from workbench._annotate_tables import _measures_table
+    from workbench._pipeline import _without_sources
 
     _, labels, ids, *_ = scoped_case()
     labels = replace(labels, token_concepts=labels.token_concepts.assign(
