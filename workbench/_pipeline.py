@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench._annotate_tables import _finding_examples, _measures_table, _position_strings, _summary, _var_extra
-from workbench.errors import InputError, StoreError
+from workbench.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -221,10 +221,9 @@ def annotate(
     if labels.n_tokens != store.n_tokens:
         raise InputError(f"the labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     stream = stream or max_memory is not None
-    missing = store.missing_shards()
-    if missing:  # before any shard is read
-        raise StoreError(f"{store.path}: shard file {missing[0]} is missing"
-                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    from workbench._stream_pipeline import require_shards
+
+    require_shards(store)  # before any shard is read
     if stream:  # only what the strata need: the token table of a large store is never read whole
         ids, token_sequence = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
         from workbench._stream_pipeline import token_columns

@@ -192,14 +192,19 @@ class StreamedStatistics:
     verdicts: pd.DataFrame | None
 
 
+def require_shards(store: ActivationStore) -> None:
+    """Refuse a store with a missing shard file, naming it (existence only: no shard is read)."""
+    missing = store.missing_shards()
+    if missing:
+        raise StoreError(f"{store.path}: shard file {missing[0]} is missing"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
 def check_stores(store: ActivationStore, control_store: ActivationStore | None, layer: int) -> None:
     """Refuse, naming the shard, a store whose shards are missing or changed since its manifest; a control store
     whose shards do not line up with the store's (the verdicts count both shard by shard)."""
     for s in [store] + ([control_store] if control_store is not None else []):
-        missing = s.missing_shards()
-        if missing:
-            raise StoreError(f"{s.path}: shard file {missing[0]} is missing" + (
-                f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        require_shards(s)
     if control_store is not None and [x.n_tokens for x in control_store.shards] != [x.n_tokens for x in store.shards]:
         raise InputError(f"the control store {control_store.path} is cut into other shards than {store.path}: extract "
                          "both with the same shard_tokens to stream them")
