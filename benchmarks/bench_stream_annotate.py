@@ -12,7 +12,11 @@ real AntiBERTy layer-4 activations of the Thera-SAbDab chains (255,683 residues)
 * ``store_x10``: the demo store repeated ``--repeat`` times with new sequence ids (``<id>~r``): the activation files
   are hard links to the demo's, the token tables are rewritten with the new ids, every shard is hashed;
 * ``labels``: ANARCI regions, IMGT positions and motifs of the demo store (``--source anarci --source motif``),
-  tiled for the large store (the same chains, so the same labels; ANARCI is not run ten times);
+  tiled for the large store (the same chains, so the same labels; ANARCI is not run ten times). With ``--labels
+  shards`` (the default) they are held per shard (:mod:`workbench.label_shards`), as ``workbench annotate --stream``
+  builds them: the demo store's by running ANARCI on each shard (timed, and checked equal to the whole-store labels),
+  the large store's by cutting the tiled labels shard by shard; ``--labels whole`` passes one whole-store
+  ``ConceptLabels`` instead (the earlier runs);
 * ``sae_16k``: a TopK SAE (width 16,384, k 32) trained on the demo store's layer 4 (real activations).
 
 Each run is a fresh process (``torchrun`` for 2 processes) calling ``workbench.annotate(..., stream=True)`` as
@@ -46,7 +50,11 @@ import json, os, pickle, sys, time
 import workbench
 from workbench._pipeline import AnnotateConfig
 store, sae, labels_path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
-labels = pickle.load(open(labels_path, "rb"))
+if os.path.isdir(labels_path):  # labels held per shard
+    from workbench.label_shards import LabelShards
+    labels = LabelShards(labels_path)
+else:
+    labels = pickle.load(open(labels_path, "rb"))
 t = time.perf_counter()
 workbench.annotate(store, sae, labels, layer=4, out=out, config=AnnotateConfig(**options), stream=True,
                    progress=os.environ.get("RANK", "0") == "0", overwrite=True)
@@ -126,6 +134,47 @@ def repeated_store(source: Path, out: Path, repeat: int) -> None:
     write_json_atomic(work / MANIFEST, manifest)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
+
+
+def label_shards(repeat: int, demo_labels: Path, big_labels: Path, info: dict) -> tuple[Path, Path]:  # type: ignore[type-arg]
+    """The demo's and the large store's labels held per shard (module docstring)."""
+    import numpy as np
+
+    import workbench
+    from workbench._subset import labels_of_tokens
+    from workbench.label_shards import build_label_shards, token_block
+    from workbench.registry import labels_for
+
+    demo_dir, big_dir = SCALE / "label_shards_demo", SCALE / f"label_shards_x{repeat}"
+    demo = workbench.open_store(DEMO)
+    if not (demo_dir / "labels.json").is_file():
+        t = time.perf_counter()
+        shards = build_label_shards(demo, lambda view: labels_for(view, ["anarci", "motif"], domain="sequence"),
+                                    demo_dir, key="anarci,motif")
+        info["label_shards_demo_s"] = round(time.perf_counter() - t, 1)
+        with open(demo_labels, "rb") as fh:
+            whole = pickle.load(fh)
+        block = token_block(shards, 0, shards.n_tokens)
+        info["label_shards_equal_whole"] = bool(
+            shards.token_concepts.equals(whole.token_concepts) and (block.tokens != whole.tokens.tocsr()).nnz == 0
+            and (block.instances != whole.instances.tocsr()).nnz == 0)
+    if not (big_dir / "labels.json").is_file():
+        big = workbench.open_store(SCALE / f"store_x{repeat}")
+        with open(big_labels, "rb") as fh:
+            tiled = pickle.load(fh)
+        starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in big.shards])])
+        token_seq = big.token_sequence()
+
+        def cut(view):  # type: ignore[no-untyped-def]
+            i = view.manifest["view_of_shard"]
+            rows = np.flatnonzero(big.sequences["shard"].to_numpy() == i)
+            local = np.searchsorted(rows, token_seq[starts[i]: starts[i + 1]])
+            return labels_of_tokens(tiled, np.arange(starts[i], starts[i + 1]), rows, local)
+
+        t = time.perf_counter()
+        build_label_shards(big, cut, big_dir, key="anarci,motif (tiled)")
+        info["label_shards_big_s"] = round(time.perf_counter() - t, 1)
+    return demo_dir, big_dir
 
 
 def prepare(repeat: int) -> tuple[Path, Path, Path, Path, dict]:  # type: ignore[type-arg]
@@ -212,6 +261,8 @@ def main() -> int:
     ap.add_argument("--rows", default="demo-1,big-1,big-2",
                     help="runs to make: demo-1, big-1, big-2 (store-processes); a row left out is read from the last "
                          "run's result.json")
+    ap.add_argument("--labels", choices=("shards", "whole"), default="shards",
+                    help="labels held per shard (as the CLI streams them) or one whole-store ConceptLabels")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     if not (DEMO / "manifest.json").is_file():
@@ -221,15 +272,19 @@ def main() -> int:
     import workbench
 
     big, demo_labels, big_labels, sae, info = prepare(args.repeat)
+    if args.labels == "shards":
+        demo_labels, big_labels = label_shards(args.repeat, demo_labels, big_labels, info)
     print("prepared", info, flush=True)
     rows: dict = {}  # type: ignore[type-arg]
     wanted = set(args.rows.split(","))
-    previous = json.loads((SCALE / "result.json").read_text()) if (SCALE / "result.json").is_file() else {}
+    result_file = SCALE / ("result.json" if args.labels == "whole" else f"result_{args.labels}.json")
+    previous = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    whole_run = json.loads((SCALE / "result.json").read_text()) if args.labels != "whole" and (SCALE / "result.json").is_file() else None
     reused = []
     for key, name, store, labels, processes in (("demo-1", "demo", DEMO, demo_labels, 1),
                                                 ("big-1", f"x{args.repeat}", big, big_labels, 1),
                                                 ("big-2", f"x{args.repeat}", big, big_labels, 2)):
-        out = SCALE / f"catalog_{name}_{processes}p"
+        out = SCALE / f"catalog_{name}_{processes}p{'' if args.labels == 'whole' else '_' + args.labels}"
         if key not in wanted:
             old = previous.get(f"{name}_{processes}p")
             if old is None:
@@ -252,7 +307,8 @@ def main() -> int:
         f"activations of the Thera-SAbDab chains ({demo_store.n_tokens:,} tokens, {len(demo_store.shards)} shards) and "
         f"the same repeated {args.repeat}x with new sequence ids ({large.n_tokens:,} tokens, {len(large.shards)} shards). "
         "SAE: TopK, width 16,384, k 32, trained on the demo store's layer 4. Labels: anarci + motif "
-        f"({catalog.summary['n_concepts']} token concepts; tiled for the large store). Options: {OPTIONS} (no random "
+        f"({catalog.summary['n_concepts']} token concepts; tiled for the large store; "
+        f"{'held per shard' if args.labels == 'shards' else 'one whole-store ConceptLabels'}). Options: {OPTIONS} (no random "
         "control). Each row a fresh process (torchrun for 2); peak RSS is the process's VmHWM (for 2 processes the "
         "larger rank, and in brackets the sum).", "",
         "| store | processes | wall (s) | annotate (s) | peak RSS (MiB) |",
@@ -267,6 +323,10 @@ def main() -> int:
               f"large store: wall-time ratio {two:.2f} (2 cores); catalogs identical: {'yes' if identical else '**no**'}.",
               "", "Stage times of the large store, 1 process (s): "
               + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "."]
+    if whole_run is not None and f"{big_name}_1p" in whole_run and "demo_1p" in whole_run:
+        w_big, w_demo = whole_run[f"{big_name}_1p"]["peak_mib"], whole_run["demo_1p"]["peak_mib"]
+        lines += ["", f"The same runs with one whole-store ConceptLabels (the last `--labels whole` run): demo "
+                  f"{w_demo:,.0f} MiB, {big_name} {w_big:,.0f} MiB ({w_big / w_demo:.2f}x)."]
     if info:
         lines += ["", f"Preparation: {info}."]
     section = "\n".join(lines) + "\n"
@@ -274,7 +334,7 @@ def main() -> int:
     from _machine import record
 
     record(section, write=not args.no_write)
-    with open(SCALE / "result.json", "w") as fh:
+    with open(result_file, "w") as fh:
         json.dump({f"{k[0]}_{k[1]}p": {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()}
                    for k, v in rows.items()} | {"identical": identical, "ratio": ratio, "timings": timings}, fh, indent=1)
     return 0

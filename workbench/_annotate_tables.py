@@ -9,26 +9,48 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workbench.errors import InputError
+from workbench.errors import InputError, WorkbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from workbench.concepts import ConceptLabels
+    from workbench.label_shards import LabelShards
+    from workbench.store import ActivationStore
 
 __all__: list[str] = []
 
 
-def _position_strings(labels: ConceptLabels, group: str, n_seq: int, token_sequence: np.ndarray) -> list[str] | None:
-    """Per sequence, the comma-joined value of ``group`` for each residue ('' where unlabelled), or None."""
+def _position_strings(labels: ConceptLabels | LabelShards, group: str, n_seq: int, token_sequence: np.ndarray, *,
+                      rows: np.ndarray | None = None, store: ActivationStore | None = None) -> list[str] | None:
+    """Per sequence (or per sequence of ``rows``, store sequence indices), the comma-joined value of ``group`` for
+    each residue ('' where unlabelled), or None. Labels held per shard are read shard by shard (``store`` given)."""
+    from workbench.label_shards import LabelShards
+
+    if isinstance(labels, LabelShards):
+        if store is None:
+            raise WorkbenchError("position strings from label shards need the store")
+        if not any(str(c).startswith(group + "=") for c in labels.token_concepts["concept"]):
+            return None
+        wanted = np.arange(n_seq) if rows is None else np.asarray(rows, dtype=np.int64)
+        out: dict[int, str] = {}
+        starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])]).astype(np.int64)
+        shard_of = store.sequences["shard"].to_numpy()
+        for i in np.unique(shard_of[wanted]):
+            own = labels.shard_sequences(int(i))
+            strings = _position_strings(labels.shard(int(i)), group, len(own),
+                                        np.searchsorted(own, token_sequence[starts[i]: starts[i + 1]]))
+            out.update({int(own[k]): strings[k] for k in np.searchsorted(own, wanted[shard_of[wanted] == i])})  # type: ignore[index]
+        return [out[int(r)] for r in wanted]
     values = labels.group_values(group, "token")
     if values is None:
         return None
     values = np.where(values == None, "", values)  # noqa: E711 - elementwise on an object array
-    out: list[list[str]] = [[] for _ in range(n_seq)]
+    per: list[list[str]] = [[] for _ in range(n_seq)]
     for s, v in zip(token_sequence.tolist(), values.tolist()):
-        out[s].append(v)
-    return [",".join(v) for v in out]
+        per[s].append(v)
+    joined = [",".join(v) for v in per]
+    return joined if rows is None else [joined[int(r)] for r in rows]
 
 
 def _finding_examples(findings: pd.DataFrame, features: Any, token_sequence: np.ndarray, ids: Sequence[str],

@@ -103,6 +103,12 @@ class AnnotateConfig:
     memory budget (``max_memory``) sets it from the budget instead."""
 
 
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an output folder that holds something, unless it may be replaced."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty (use overwrite)")
+
+
 def _log(progress: bool, message: str) -> None:
     if progress:
         print(f"[annotate] {message}", flush=True)
@@ -208,8 +214,7 @@ def annotate(
     cfg = config or AnnotateConfig()
     t_start = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out} exists and is not empty (use overwrite)")
+    check_out(out, overwrite=overwrite)
     store = store if isinstance(store, ActivationStore) else open_store(store)
     if layer is None:
         if len(store.layers) != 1:
@@ -220,7 +225,10 @@ def annotate(
     sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
     if labels.n_tokens != store.n_tokens:
         raise InputError(f"the labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
-    stream = stream or max_memory is not None
+    from workbench.label_shards import LabelShards
+
+    sharded = isinstance(labels, LabelShards)
+    stream = stream or max_memory is not None or sharded  # labels held per shard are read by the streamed stage
     from workbench._stream_pipeline import require_shards
 
     require_shards(store)  # before any shard is read
@@ -228,7 +236,7 @@ def annotate(
         ids, token_sequence = store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence()
         from workbench._stream_pipeline import token_columns
 
-        obs = token_columns(store, [c for c in cfg.strata_columns if c in store.obs_columns])
+        obs = None if sharded else token_columns(store, [c for c in cfg.strata_columns if c in store.obs_columns])
     else:
         ids, token_sequence, obs = _token_sequence(store)
     if sequence_groups is None:
@@ -242,8 +250,14 @@ def annotate(
     if cfg.stratify:
         from workbench.stratified import token_strata
 
-        strata = token_strata(labels, obs, groups=cfg.strata_groups, columns=cfg.strata_columns,
-                              sequence_groups=cfg.strata_sequence_groups, token_sequence=token_sequence)
+        if sharded:
+            from workbench._stream_pipeline import shard_strata
+
+            strata = shard_strata(store, labels, groups=cfg.strata_groups, columns=cfg.strata_columns,
+                                  sequence_groups=cfg.strata_sequence_groups)
+        else:
+            strata = token_strata(labels, obs, groups=cfg.strata_groups, columns=cfg.strata_columns,
+                                  sequence_groups=cfg.strata_sequence_groups, token_sequence=token_sequence)
         if len(strata.names) > 1:
             assoc_options["strata"] = strata.codes
             _log(progress, f"strata: {strata.description} ({len(strata.names)})")
@@ -459,12 +473,12 @@ def annotate(
         tables[name] = table
     var_extra = _var_extra(features.names, tables)
     obs_extra = None
+    rows = None if parts is None or parts.rows is None else parts.rows  # the catalog's sequences (all when None)
     if cfg.position_group:
-        strings = _position_strings(labels, cfg.position_group, len(ids), token_sequence)
+        strings = _position_strings(labels, cfg.position_group, len(ids), token_sequence, rows=rows, store=store)
         if strings is not None:
-            obs_extra = pd.DataFrame({cfg.position_group: strings}, index=pd.Index(ids, name="sequence_id"))
-    if parts is not None and parts.rows is not None and obs_extra is not None:  # the catalog's sequences only
-        obs_extra = obs_extra.iloc[parts.rows]
+            kept = ids if rows is None else [ids[int(i)] for i in rows]
+            obs_extra = pd.DataFrame({cfg.position_group: strings}, index=pd.Index(kept, name="sequence_id"))
     summary = dict(summary_extra or {})
     summary.update(_summary(tables))
     summary.update(description_entries)

@@ -19,6 +19,7 @@ import numpy as np
 from workbench._catalog_build import Layout, pool_sequences, quantize
 from workbench._dist import Dist
 from workbench.errors import StoreError
+from workbench.label_shards import LabelShards, token_block
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.catalog import CatalogParts
@@ -57,7 +58,7 @@ def _shard_rows(store: ActivationStore) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])]).astype(np.int64)
 
 
-def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, labels: ConceptLabels, *,
+def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, labels: ConceptLabels | LabelShards, *,
                             profile_groups: Sequence[str] = ("region", "imgt"), n_top: int = 10, n_per_bin: int = 2,
                             example_quantiles: Sequence[float] | None = None, seed: int = 0,
                             keep: np.ndarray | None = None, dist: Dist | None = None) -> CatalogParts:
@@ -84,7 +85,8 @@ def catalog_parts_streaming(store: ActivationStore, features: ShardFeatures, lab
     for i in range(dist.rank, len(store.shards), dist.world_size):
         values = features.shard(i)
         x_max, local_seq = _pooled(store, values, layout, rows, i)[0::2]
-        stats.add(values, int(rows[i]), local_seq)
+        block = token_block(labels, int(rows[i]), int(rows[i + 1])) if isinstance(labels, LabelShards) else None
+        stats.add(values, int(rows[i]), local_seq, block=block)
         examples.add(x_max, store.shards[i].first_sequence)
     if dist.world_size > 1:
         for r, state in enumerate(dist.gather((_stats_state(stats), examples.state()))):
@@ -143,7 +145,7 @@ def _pooled(store: ActivationStore, values: Any, layout: Layout, rows: np.ndarra
 
 def _stats_state(stats: Any) -> dict[str, Any]:
     return {"nnz": stats.nnz, "fires_in": stats.fires_in, "mass": stats.mass,
-            "profiles": {g: (p.mass, p.total, p.scoped) for g, p in stats.profiles.items()}}
+            "profiles": {g: (p.mass, p.total, p.scoped, p.lab_sum, p.n_rows) for g, p in stats.profiles.items()}}
 
 
 def _merge_stats(stats: Any, other: dict[str, Any]) -> None:
@@ -151,9 +153,10 @@ def _merge_stats(stats: Any, other: dict[str, Any]) -> None:
     stats.mass += other["mass"]
     if stats.fires_in is not None:
         stats.fires_in += other["fires_in"]
-    for g, (mass, total, scoped) in other["profiles"].items():
+    for g, (mass, total, scoped, lab_sum, n_rows) in other["profiles"].items():
         p = stats.profiles[g]
         p.mass, p.total, p.scoped = p.mass + mass, p.total + total, p.scoped + scoped
+        p.lab_sum, p.n_rows = p.lab_sum + lab_sum, p.n_rows + n_rows
 
 
 def _example_slots(picked: dict[str, np.ndarray], layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,13 +34,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.associate import Association, FeatureMatrix
     from workbench.concepts import ConceptLabels
+    from workbench.label_shards import LabelShards
     from workbench.store import ActivationStore
+    from workbench.stratified import Strata
     from workbench.stream_associate import ShardFeatures
 
 __all__ = ["StreamWork", "StreamedStatistics", "Sample", "streamed_statistics", "sample_inputs", "peak_rss_bytes",
            "memory_plan", "token_columns", "run_streamed"]
 
 WORK_SUFFIX = ".annotate-work"
+LABELS_DIR = "labels"
+"""The label shards of a streamed run in the work folder (built by the CLI; :func:`label_shards_for`)."""
 
 
 def peak_rss_bytes() -> int:
@@ -81,8 +85,12 @@ def token_columns(store: ActivationStore, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(data, index=pd.RangeIndex(store.n_tokens)) if data else pd.DataFrame(index=pd.RangeIndex(store.n_tokens))
 
 
-def labels_sha256(labels: ConceptLabels) -> str:
+def labels_sha256(labels: ConceptLabels | LabelShards) -> str:
     """A key of the labels' content (concept names, token and sequence matrices, scopes)."""
+    from workbench.label_shards import LabelShards
+
+    if isinstance(labels, LabelShards):
+        return labels.sha256()
     h = hashlib.sha256()
     for matrix in (labels.tokens.tocsr(), labels.instances.tocsr(), labels.sequences.tocsr()):
         for arr in (matrix.indptr, matrix.indices, matrix.data):
@@ -122,8 +130,10 @@ class StreamWork:
             same = marker.read_text() == text
         except OSError:
             same = False
-        if path.exists() and not same:
-            shutil.rmtree(path)
+        if path.exists() and not same:  # another run's work; label shards keep their own key (build_label_shards)
+            for item in path.iterdir():
+                if item.name != LABELS_DIR:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
         path.mkdir(parents=True, exist_ok=True)
         if not same:
             marker.write_text(text)
@@ -210,7 +220,7 @@ def check_stores(store: ActivationStore, control_store: ActivationStore | None, 
                          "both with the same shard_tokens to stream them")
 
 
-def streamed_statistics(store: ActivationStore, sae: Any, labels: ConceptLabels, *, layer: int,
+def streamed_statistics(store: ActivationStore, sae: Any, labels: ConceptLabels | LabelShards, *, layer: int,
                         control_store: ActivationStore | None, control_sae: Any | None, strata: np.ndarray | None,
                         cfg: Any, work: StreamWork, null_memory: int, timed: Callable[[str, Callable[[], Any]], Any],
                         dist: Any = None) -> StreamedStatistics:
@@ -266,7 +276,7 @@ class Sample:
                             "causal check"}
 
 
-def sample_inputs(store: ActivationStore, labels: ConceptLabels, stats: StreamedStatistics, *, layer: int,
+def sample_inputs(store: ActivationStore, labels: ConceptLabels | LabelShards, stats: StreamedStatistics, *, layer: int,
                   control_store: ActivationStore | None, index: np.ndarray, work: StreamWork) -> Sample:
     """The sample ``index`` (store sequence indices, :func:`~workbench._subset.sample_sequences`) written as stores
     in ``work`` (reused when already there), its labels, and each representation's feature matrix on it."""
@@ -274,6 +284,7 @@ def sample_inputs(store: ActivationStore, labels: ConceptLabels, stats: Streamed
 
     from workbench._subset import labels_of_tokens, subset_store
     from workbench.associate import FeatureMatrix
+    from workbench.label_shards import LabelShards
     from workbench.store import open_store
 
     def written(source: ActivationStore, name: str) -> ActivationStore:
@@ -290,7 +301,10 @@ def sample_inputs(store: ActivationStore, labels: ConceptLabels, stats: Streamed
     lengths = seqs["n_tokens"].to_numpy()[index]
     tokens = np.concatenate([np.arange(a, a + n) for a, n in zip(first, lengths)]) if len(index) else np.zeros(0, int)
     token_sequence = np.repeat(np.arange(len(index)), lengths)
-    sample_labels = labels_of_tokens(labels, tokens, index, token_sequence)
+    if isinstance(labels, LabelShards):  # the sample's token rows read shard by shard
+        sample_labels = labels_of_tokens(labels.take(tokens), np.arange(len(tokens)), index, token_sequence)
+    else:
+        sample_labels = labels_of_tokens(labels, tokens, index, token_sequence)
     features = {}
     shard_of = np.searchsorted(starts, tokens, side="right") - 1
     for name, full in stats.features.items():  # the whole store's normalised values (cached codes), the sample's rows
@@ -300,7 +314,7 @@ def sample_inputs(store: ActivationStore, labels: ConceptLabels, stats: Streamed
     return Sample(sub, sub_control, sample_labels, features, tokens, index)
 
 
-def stream_key(store: ActivationStore, sae: Any, labels: ConceptLabels, control_store: ActivationStore | None,
+def stream_key(store: ActivationStore, sae: Any, labels: ConceptLabels | LabelShards, control_store: ActivationStore | None,
                control_sae: Any | None, layer: int, cfg: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     """What the work folder's results depend on."""
     return {"store": store.manifest_sha256(), "sae": sae_sha256(sae), "labels": labels_sha256(labels), "layer": layer,
@@ -356,7 +370,7 @@ def top_sequences(store: ActivationStore, features: ShardFeatures, wanted: list[
     return out
 
 
-def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels, *, layer: int, out: Path,
+def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels | LabelShards, *, layer: int, out: Path,
                  control_store: ActivationStore | None, control_sae: Any | None, strata: Any, cfg: Any,
                  max_memory: int | None, timed: Callable[[str, Callable[[], Any]], Any]) -> Streamed:
     """The whole-store passes of the streamed annotation (every rank) and the sample (rank 0)."""
@@ -407,3 +421,48 @@ def run_streamed(store: ActivationStore, sae: Any, labels: ConceptLabels, *, lay
     info["catalog_sequences"] = ("all" if parts.rows is None else "the sample's, the findings' and the examples' "
                                                                      "sequences; X pooled for the first two (obs['pooled'])")
     return Streamed(stats, sample, parts, tops, work, dist.rank == 0, info)
+
+
+def label_shards_for(store: ActivationStore, label_fn: Callable[[ActivationStore], ConceptLabels], out: Path, *,
+                     key: str, progress: Callable[[str], None] | None = None) -> LabelShards:
+    """``store``'s labels built shard by shard (:func:`~workbench.label_shards.build_label_shards`) in the work
+    folder of the streamed annotation into ``out`` (kept across a resumed run, removed with the folder)."""
+    from workbench._dist import Dist
+    from workbench.label_shards import build_label_shards
+
+    folder = out.with_name(out.name + WORK_SUFFIX) / LABELS_DIR
+    dist = Dist.setup("cpu", keep=True)
+    if dist.rank == 0:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return build_label_shards(store, label_fn, folder, key=key, dist=dist, progress=progress)
+
+
+def shard_strata(store: ActivationStore, labels: LabelShards, *, groups: Sequence[str], columns: Sequence[str],
+                 sequence_groups: Sequence[str]) -> Strata:
+    """:func:`~workbench.stratified.token_strata` of the whole store from labels held per shard: each shard's strata
+    by name, numbered in the sorted order of every shard's names (as the whole-store function numbers them)."""
+    from workbench.stratified import Strata, token_strata
+
+    token_seq = store.token_sequence()
+    starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])]).astype(np.int64)
+    present = [c for c in columns if c in store.obs_columns]
+    parts = []
+    for i in range(len(store.shards)):
+        rows = labels.shard_sequences(i)
+        local = np.searchsorted(rows, token_seq[starts[i]: starts[i + 1]])
+        got = token_strata(labels.shard(i), store.shard_obs(i, present) if present else _empty_obs(store.shards[i].n_tokens),
+                           groups=groups, columns=columns, sequence_groups=sequence_groups, token_sequence=local)
+        parts.append((got.codes.astype(np.int32), got.names, got.description))
+    names = sorted({n for _, own, _ in parts for n in own})
+    codes = np.empty(store.n_tokens, dtype=np.int64)
+    for i, (own_codes, own, _) in enumerate(parts):
+        codes[starts[i]: starts[i + 1]] = np.searchsorted(names, own)[own_codes] if len(own) else 0
+    descriptions = {d for *_, d in parts}
+    return Strata(codes, names, max(descriptions, key=len) if descriptions else "none (one stratum)")
+
+
+def _empty_obs(n: int) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(index=range(n))

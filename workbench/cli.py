@@ -389,6 +389,10 @@ def _size(text: str) -> int:
     return int(value)
 
 
+def _label_progress(message: str) -> None:
+    print(f"[annotate] {message}", flush=True)
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from workbench._pipeline import AnnotateConfig, annotate
     from workbench.registry import domain_annotator, labels_for, store_domain
@@ -421,17 +425,41 @@ def _annotate(args: argparse.Namespace) -> int:
         return 0
     if (args.stream or args.max_memory or args.sample_tokens) and annotator is not None:
         raise WorkbenchError("--stream, --max-memory and --sample-tokens apply to sequence stores")
-    labels = labels_for(store, args.source, domain=args.domain)
     config = AnnotateConfig(n_permutations=args.permutations, n_causal=args.n_causal)
     if args.sample_tokens is not None:
         if args.sample_tokens < 1:
             raise WorkbenchError(f"--sample-tokens must be positive, not {args.sample_tokens}")
         config.sample_tokens = args.sample_tokens
-    catalog = annotate(
-        store, args.sae, labels, layer=args.layer, out=args.out, control_store=args.control_store, control_sae=args.control_sae,
-        sequence_groups=groups, config=config, overwrite=args.overwrite, progress=not args.no_progress,
-        stream=args.stream or args.sample_tokens is not None, max_memory=args.max_memory,
-    )
+    stream = bool(args.stream or args.sample_tokens is not None or args.max_memory)
+    if not stream:
+        labels = labels_for(store, args.source, domain=args.domain)
+        catalog = annotate(
+            store, args.sae, labels, layer=args.layer, out=args.out, control_store=args.control_store,
+            control_sae=args.control_sae, sequence_groups=groups, config=config, overwrite=args.overwrite,
+            progress=not args.no_progress)
+    else:  # labels built shard by shard (split across torchrun's ranks), kept in the work folder for a resume
+        import shutil
+        from pathlib import Path
+
+        from workbench._pipeline import check_out
+        from workbench._stream_pipeline import WORK_SUFFIX, label_shards_for
+
+        out = Path(args.out)
+        check_out(out, overwrite=args.overwrite)
+        work = out.with_name(out.name + WORK_SUFFIX)
+        fresh = not work.exists()
+        key = json.dumps({"sources": list(args.source), "domain": args.domain})
+        try:
+            labels = label_shards_for(store, lambda view: labels_for(view, args.source, domain=args.domain), out,
+                                      key=key, progress=None if args.no_progress else _label_progress)
+            catalog = annotate(
+                store, args.sae, labels, layer=args.layer, out=out, control_store=args.control_store,
+                control_sae=args.control_sae, sequence_groups=groups, config=config, overwrite=args.overwrite,
+                progress=not args.no_progress, stream=True, max_memory=args.max_memory)
+        except WorkbenchError:  # refused input leaves nothing behind; a killed run keeps its work for the resume
+            if fresh:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
     if catalog is None:  # another rank under torchrun: rank 0 wrote the catalog
         return 0
     s = catalog.summary

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.associate import Association, FeatureMatrix
     from workbench.concepts import ConceptLabels
+    from workbench.label_shards import LabelShards, TokenBlock
 
 __all__ = ["describe_features", "feature_profile", "FeatureStats", "ProfileSums", "feature_families", "DESCRIBE_ALPHA", "DESCRIBE_MIN_F1"]
 
@@ -86,12 +87,17 @@ def _profile(labels: ConceptLabels, features: FeatureMatrix, group: str, *,
 
 class ProfileSums:
     """The sums behind :func:`feature_profile`, accumulated over blocks of tokens (the shards of a store): each
-    feature's activation mass on each value of ``group`` and in all (and in the group's scope), in float64. The
-    labels are the whole store's (or their ``rows``); :meth:`add` takes a block's feature values and the row of its
-    first token."""
+    feature's activation mass on each value of ``group`` and in all (and in the group's scope), in float64.
 
-    def __init__(self, labels: ConceptLabels, group: str, *, rows: np.ndarray | None = None) -> None:
+    With whole-store :class:`~workbench.concepts.ConceptLabels` (or their ``rows``), :meth:`add` takes a block's
+    feature values and the row of its first token. With :class:`~workbench.label_shards.LabelShards` it also takes
+    the block's token labels (``block``), and the labels' own sums (the baseline) are counted over the blocks
+    added, so every token must be added once (on one rank or another)."""
+
+    def __init__(self, labels: ConceptLabels | LabelShards, group: str, *, rows: np.ndarray | None = None) -> None:
         import scipy.sparse as sp
+
+        from workbench.label_shards import LabelShards, token_scope_index
 
         concepts = labels.token_concepts["concept"].astype(str).tolist()
         prefix = group + "="
@@ -104,25 +110,45 @@ class ProfileSums:
         order = np.argsort([int(v) for v in values], kind="stable") if numeric else np.argsort(values, kind="stable")
         self.cols = [cols[i] for i in order]
         self.values = [values[i] for i in order]
-        lab = sp.csr_matrix(labels.tokens[:, self.cols], dtype=np.float64)
-        scope = labels.group_scope(self.cols)
-        if rows is not None:
-            lab = lab[rows]
-            scope = None if scope is None else scope[rows]
-        self.lab, self.scope = lab, scope
+        self.lab: sp.csr_matrix | None = None
+        self.scope: np.ndarray | None = None
+        self.scope_cols: np.ndarray | None = None  # block mode: the scope columns of the group (None: everywhere)
+        if isinstance(labels, LabelShards):
+            k = token_scope_index(labels)[1][np.asarray(self.cols)]
+            self.scope_cols = None if (k < 0).any() else np.unique(k)
+            self.has_scope = self.scope_cols is not None
+        else:
+            lab = sp.csr_matrix(labels.tokens[:, self.cols], dtype=np.float64)
+            scope = labels.group_scope(self.cols)
+            if rows is not None:
+                lab = lab[rows]
+                scope = None if scope is None else scope[rows]
+            self.lab, self.scope, self.has_scope = lab, scope, scope is not None
         self.mass: np.ndarray | float = 0.0
         self.total: np.ndarray | float = 0.0
         self.scoped: np.ndarray | float = 0.0
+        self.lab_sum: np.ndarray | float = 0.0  # block mode: labelled tokens per value, and tokens in scope (or all)
+        self.n_rows = 0
 
-    def add(self, values: Any, start: int) -> None:
+    def add(self, values: Any, start: int, *, block: TokenBlock | None = None) -> None:
         import scipy.sparse as sp
 
         x = sp.csr_matrix(values, dtype=np.float64)
         stop = start + x.shape[0]
-        self.mass = self.mass + np.asarray((x.T @ self.lab[start:stop]).todense())
+        if self.lab is not None:
+            lab = self.lab[start:stop]
+            scope = None if self.scope is None else self.scope[start:stop]
+        else:
+            if block is None:
+                raise WorkbenchError("these profile sums read labels per shard: add() needs the block's labels")
+            lab = sp.csr_matrix(block.tokens[:, self.cols], dtype=np.float64)
+            scope = None if self.scope_cols is None else block.scopes[:, self.scope_cols].any(1)
+            self.lab_sum = self.lab_sum + np.asarray(lab.sum(0), dtype=np.float64).ravel()
+            self.n_rows += int(x.shape[0] if scope is None else scope.sum())
+        self.mass = self.mass + np.asarray((x.T @ lab).todense())
         self.total = self.total + np.asarray(x.sum(0)).ravel()
-        if self.scope is not None:
-            self.scoped = self.scoped + np.asarray(x.T @ self.scope[start:stop].astype(np.float64)).ravel()
+        if scope is not None:
+            self.scoped = self.scoped + np.asarray(x.T @ scope.astype(np.float64)).ravel()
 
     def result(self, n_features: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
         """``(values, share, baseline, in_scope)`` as :func:`_profile` gives them (``n_features``: the width when
@@ -132,16 +158,19 @@ class ProfileSums:
 
         n_feat = len(self.total) if isinstance(self.total, np.ndarray) else n_features
         mass, total = arr(self.mass, (n_feat, len(self.values))), arr(self.total, (n_feat,))
-        n_rows = self.lab.shape[0]
+        if self.lab is not None:
+            n_rows = self.lab.shape[0] if self.scope is None else int(self.scope.sum())
+            lab_sum = np.asarray(self.lab.sum(0), dtype=np.float64).ravel()
+        else:
+            n_rows, lab_sum = self.n_rows, arr(self.lab_sum, (len(self.values),))
         in_scope = None
-        if self.scope is not None:  # the mass and the tokens where the group is defined
+        if self.has_scope:  # the mass and the tokens where the group is defined
             all_mass, total = total, arr(self.scoped, (n_feat,))
-            n_rows = int(self.scope.sum())
             with np.errstate(divide="ignore", invalid="ignore"):
                 in_scope = np.where(all_mass > 0, total / np.where(all_mass > 0, all_mass, 1), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(total[:, None] > 0, mass / np.where(total > 0, total, 1)[:, None], 0.0)
-        baseline = np.asarray(self.lab.sum(0), dtype=np.float64).ravel() / max(n_rows, 1)
+        baseline = lab_sum / max(n_rows, 1)
         return self.values, share, baseline, in_scope
 
 
@@ -150,7 +179,7 @@ class FeatureStats:
     of whole sequences (:meth:`add`; one block holding every token for a store in memory): active tokens per
     feature, sequences it fires in, and the :class:`ProfileSums` of ``profile_groups``."""
 
-    def __init__(self, labels: ConceptLabels, n_features: int, *, profile_groups: Sequence[str] = ("region", "imgt"),
+    def __init__(self, labels: ConceptLabels | LabelShards, n_features: int, *, profile_groups: Sequence[str] = ("region", "imgt"),
                  n_sequences: int | None = None) -> None:
         self.n_tokens = labels.n_tokens
         self.n_sequences = n_sequences
@@ -172,9 +201,11 @@ class FeatureStats:
         stats.add(features.values, 0, token_sequence)
         return stats
 
-    def add(self, values: Any, start: int, token_sequence: np.ndarray | None = None) -> None:
+    def add(self, values: Any, start: int, token_sequence: np.ndarray | None = None, *,
+            block: TokenBlock | None = None) -> None:
         """Count the tokens ``start ..`` (``values``: their normalised activations; ``token_sequence``: their
-        sequences, any numbering that keeps sequences apart; needed when counting sequences)."""
+        sequences, any numbering that keeps sequences apart; needed when counting sequences; ``block``: their
+        labels, for statistics made from :class:`~workbench.label_shards.LabelShards`)."""
         import scipy.sparse as sp
 
         x = sp.csc_matrix(values)
@@ -186,7 +217,7 @@ class FeatureStats:
             n_seq = int(np.max(token_sequence)) + 1 if len(token_sequence) else 0
             self.fires_in += _fires_per_sequence(x, np.asarray(token_sequence), n_seq)
         for prof in self.profiles.values():
-            prof.add(values, start)
+            prof.add(values, start, block=block)
 
     def profile(self, group: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None] | None:
         prof = self.profiles.get(group)

@@ -215,6 +215,22 @@ class ActivationStore:
                 if arr.dtype != self.dtype:
                     raise StoreError(f"{path}: dtype {arr.dtype}, manifest says {self.dtype}")
 
+    def shard_view(self, i: int) -> ActivationStore:
+        """A read-only store of shard ``i`` alone: its records (``sequences`` with ``shard`` 0), its tokens and files,
+        the rest of the manifest unchanged. What reads a store (annotation sources) reads one shard through it."""
+        if not 0 <= i < len(self.shards):
+            raise StoreError(f"{self.path}: no shard {i} (store has {len(self.shards)})")
+        view = object.__new__(_ShardView)
+        info = self.shards[i]
+        view.path, view._heldout, view._parent, view._index = self.path, {}, self, i
+        view.manifest = {**self.manifest, "n_tokens": info.n_tokens, "n_sequences": info.n_sequences,
+                         "shards": [self.manifest["shards"][i]], "view_of_shard": i}
+        view.shards = [info]
+        seqs = self.sequences
+        own = seqs[seqs["shard"].to_numpy() == i].reset_index(drop=True)
+        view.__dict__["sequences"] = own.assign(shard=np.zeros(len(own), dtype=seqs["shard"].dtype))
+        return view
+
     # -- whole-store tables (small: metadata only) -------------------------------------------------------------
     @cached_property
     def sequences(self) -> pd.DataFrame:
@@ -465,6 +481,18 @@ class ActivationStore:
                 arr = self.shard_activations(i, layer)
                 if not np.isfinite(arr).all():
                     raise StoreError(f"{self.shard_dir(i)}: layer {layer} holds NaN or infinite values")
+
+
+class _ShardView(ActivationStore):
+    """One shard of a store seen as a store (:meth:`ActivationStore.shard_view`)."""
+
+    _parent: ActivationStore
+    _index: int
+
+    def shard_dir(self, i: int) -> Path:
+        if i != 0:
+            raise StoreError(f"{self.path}: a view of shard {self._index} has no shard {i}")
+        return self._parent.shard_dir(self._index)
 
 
 def open_store(path: str | os.PathLike[str]) -> ActivationStore:

@@ -16,6 +16,13 @@ independence ``E = sum m_k l_k / n_k`` and variance ``V = sum m_k (n_k - m_k) l_
 * the odds-ratio sums expand into ``sum a_k``, ``E`` and three sums over strata where ``a_k > 0``, which come from
   one sparse product of the active matrix with a ``tokens x (concept, stratum)`` membership matrix.
 
+:class:`MantelHaenszelSums` accumulates these products block by block. Its layout (the tokens of every stratum, the
+(concept, stratum) cells of labelled tokens) is a few numbers per stratum and per cell; it is built either from the
+whole store's labels at once (the constructor, which keeps the per-token membership matrices) or shard by shard
+(:meth:`MantelHaenszelSums.from_blocks`, or :class:`MantelHaenszelLayout` counted on each process and merged), in
+which case each shard's membership rows are rebuilt from its labels when its features are counted, so that nothing
+per token of the whole store is held.
+
 A concept that does not vary inside any stratum (residue identity when the strata hold the residue; an IMGT
 position or a region when they hold the position) has ``V = 0`` for every feature: the stratified test cannot test
 it, and says so (``testable`` False) instead of reporting a zero. :func:`strata_share` gives the per-feature share
@@ -25,7 +32,7 @@ no concept.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -38,8 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.concepts import ConceptLabels
 
-__all__ = ["Strata", "token_strata", "mantel_haenszel", "MantelHaenszelSums", "pair_columns", "columns_from_test", "best_columns", "strata_share", "STRATIFIED_OR",
-           "STRATIFIED_Q"]
+__all__ = ["Strata", "token_strata", "mantel_haenszel", "MantelHaenszelLayout", "MantelHaenszelSums", "pair_columns",
+           "columns_from_test", "best_columns", "strata_share", "STRATIFIED_OR", "STRATIFIED_Q"]
 
 STRATIFIED_OR = 2.0
 """Mantel-Haenszel odds ratio a pair needs (beside ``q_cmh <= STRATIFIED_Q``) to survive the stratification."""
@@ -155,79 +162,271 @@ def mantel_haenszel(values: sp.csr_matrix, labels: sp.csr_matrix, strata: np.nda
     return sums.result()
 
 
+_SHIFT = 32
+"""Keys of the layout pack two codes into one int64: ``high << _SHIFT | low`` sorts as the pair ``(high, low)``."""
+
+
+def _stratum_codes(strata: Any, n_tokens: int | None = None) -> np.ndarray:
+    """``strata`` as int64 codes in ``[0, 2**32)`` (the low half of a layout key), checked against ``n_tokens``."""
+    codes = np.asarray(strata, dtype=np.int64).ravel()
+    if n_tokens is not None and len(codes) != n_tokens:
+        raise InputError(f"strata ({len(codes)}) and labels ({n_tokens}) cover different tokens")
+    if len(codes) and (codes.min() < 0 or codes.max() >= 1 << _SHIFT):
+        raise InputError(f"stratum codes must lie in [0, 2**{_SHIFT}), got {codes.min()} .. {codes.max()}")
+    return codes
+
+
+def _merge_counts(keys: np.ndarray, counts: np.ndarray, more_keys: np.ndarray,
+                  more_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two sets of (sorted unique key, count) as one: the counts of equal keys added."""
+    keys, inverse = np.unique(np.concatenate([keys, more_keys]), return_inverse=True)
+    return keys, np.bincount(inverse.ravel(), weights=np.concatenate([counts, more_counts]),
+                             minlength=len(keys)).astype(np.int64)
+
+
+def _lookup(keys: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """The position of every ``wanted`` key in the sorted ``keys``; an :class:`InputError` naming ``what`` when
+    some are not there."""
+    pos = np.searchsorted(keys, wanted)
+    found = pos < len(keys)
+    found[found] = keys[pos[found]] == wanted[found]
+    if not found.all():
+        raise InputError(f"{int((~found).sum())} {what}")
+    return pos.astype(np.int64)
+
+
+class MantelHaenszelLayout:
+    """The label side of :class:`MantelHaenszelSums` counted block by block (a store's shards, on any number of
+    processes): the tokens of every stratum, in all and in each scope, and the labelled tokens of every (concept,
+    stratum) cell. It holds a few numbers per stratum and per cell, never per token; layouts of disjoint blocks
+    :meth:`merge` into the layout of their union (integer counts, in any order), and a layout pickles as plain numpy
+    arrays (to gather the ranks' layouts). :meth:`MantelHaenszelSums.from_layout` turns it into the sums' layout.
+
+    ``scope_keys`` / ``scope_counts``: sorted ``(scope + 1) << 32 | stratum`` keys (scope ``-1``: all tokens) and
+    their token counts; ``cell_keys`` / ``cell_counts``: sorted ``concept << 32 | stratum`` keys of the labelled
+    tokens and their counts. ``n_concepts`` and ``n_scopes`` are None until a block is added (``n_scopes`` 0 for
+    blocks without scopes; ``scoped`` says whether the blocks had them)."""
+
+    def __init__(self) -> None:
+        self.scope_keys = np.zeros(0, dtype=np.int64)
+        self.scope_counts = np.zeros(0, dtype=np.int64)
+        self.cell_keys = np.zeros(0, dtype=np.int64)
+        self.cell_counts = np.zeros(0, dtype=np.int64)
+        self.n_tokens = 0
+        self.n_concepts: int | None = None
+        self.n_scopes: int | None = None
+        self.scoped: bool | None = None
+
+    def _check(self, n_concepts: int | None, n_scopes: int | None, scoped: bool | None, what: str) -> None:
+        if n_concepts is not None and self.n_concepts is not None and n_concepts != self.n_concepts:
+            raise InputError(f"{what} has {n_concepts} concepts, the layout {self.n_concepts}")
+        if scoped is not None and self.scoped is not None and scoped != self.scoped:
+            raise InputError(f"{what} {'has' if scoped else 'lacks'} scopes, the layout's blocks "
+                             f"{'had' if self.scoped else 'had none'}: give scopes with every block or with none")
+        if n_scopes is not None and self.n_scopes is not None and n_scopes != self.n_scopes:
+            raise InputError(f"{what} has {n_scopes} scopes, the layout {self.n_scopes}")
+
+    def add_block(self, labels: sp.spmatrix | np.ndarray, strata: np.ndarray, scopes: np.ndarray | None = None) -> None:
+        """Count one block of tokens: ``labels`` (tokens x concepts, boolean or float; non-zero is labelled),
+        ``strata`` (their stratum codes, numbered alike in every block) and ``scopes`` (tokens x scopes boolean, or
+        None)."""
+        import scipy.sparse as sp
+
+        labels = sp.csr_matrix(labels, dtype=np.float32)
+        n_tokens, n_con = labels.shape
+        strata = _stratum_codes(strata, n_tokens)
+        if scopes is not None and (np.ndim(scopes) != 2 or scopes.shape[0] != n_tokens):
+            raise InputError(f"scopes have shape {np.shape(scopes)}, want ({n_tokens}, scopes)")
+        n_scopes = 0 if scopes is None else int(scopes.shape[1])
+        self._check(n_con, n_scopes, scopes is not None, "a block")
+        uniq, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+        inverse = inverse.ravel()
+        keys, tallies = [uniq], [counts]  # scope -1 (all tokens): slot 0
+        for j in range(n_scopes):
+            inside = np.bincount(inverse[np.asarray(scopes[:, j], dtype=bool).ravel()], minlength=len(uniq))
+            keys.append(((j + 1) << _SHIFT) + uniq[inside > 0])
+            tallies.append(inside[inside > 0])
+        self.scope_keys, self.scope_counts = _merge_counts(self.scope_keys, self.scope_counts, np.concatenate(keys),
+                                                           np.concatenate(tallies).astype(np.int64))
+        lr, lc = labels.nonzero()
+        cells, counts = np.unique((lc.astype(np.int64) << _SHIFT) + strata[lr], return_counts=True)
+        self.cell_keys, self.cell_counts = _merge_counts(self.cell_keys, self.cell_counts, cells, counts)
+        self.n_tokens += n_tokens
+        self.n_concepts, self.n_scopes, self.scoped = n_con, n_scopes, scopes is not None
+
+    def merge(self, other: MantelHaenszelLayout) -> None:
+        """Add another layout's counts (another rank's blocks)."""
+        if other.n_concepts is None:  # no block: nothing to add
+            return
+        self._check(other.n_concepts, other.n_scopes, other.scoped, "the other layout")
+        self.scope_keys, self.scope_counts = _merge_counts(self.scope_keys, self.scope_counts, other.scope_keys,
+                                                           other.scope_counts)
+        self.cell_keys, self.cell_counts = _merge_counts(self.cell_keys, self.cell_counts, other.cell_keys,
+                                                         other.cell_counts)
+        self.n_tokens += other.n_tokens
+        self.n_concepts, self.n_scopes, self.scoped = other.n_concepts, other.n_scopes, other.scoped
+
+
 class MantelHaenszelSums:
     """The sums behind :func:`mantel_haenszel`, accumulated over blocks of tokens (the shards of a store, in any
     order, on any number of processes): per threshold the active tokens of each feature in each stratum and the
     active-and-labelled tokens of each (feature, concept, stratum) cell. They are integer counts, so summing them in
     blocks is exact and :meth:`result` equals the all-at-once test bit for bit.
 
-    The layout (strata, cells of labelled tokens, scopes) is built once from the whole-store ``labels`` and
-    ``strata`` (label-side, a few entries per token); ``dense`` picks the dense products (neurons) as
-    :func:`mantel_haenszel` does from the density of the whole feature matrix."""
+    The layout (the combined strata of every scope with their token counts ``n_k``, the cells of labelled tokens) is
+    a few numbers per stratum and per cell. Two ways to build it:
+
+    * the constructor takes the whole store's ``labels``, ``strata`` and ``scopes`` and keeps their per-token
+      membership matrices, so that :meth:`add` takes ``(values, start)``, a slice of the store's rows;
+    * :meth:`from_blocks` (one pass over the shards' labels) or :meth:`from_layout` (a
+      :class:`MantelHaenszelLayout`, e.g. merged from the ranks' layouts) keep nothing per token; :meth:`add` then
+      takes each block's ``labels``, ``strata`` and ``scopes`` with its values and builds its rows on the fly.
+
+    Both give the same layout (combined strata sorted by scope, then stratum; cells by concept, then stratum) and the
+    same results. ``dense`` picks the dense products (neurons) as :func:`mantel_haenszel` does from the density of
+    the whole feature matrix."""
+
+    onehot: sp.csr_matrix | None
+    """Whole-store tokens x combined strata membership (constructor only; None when built from blocks)."""
+    member: sp.csr_matrix | None
+    """Whole-store tokens x cells membership of the labelled tokens (constructor only; None when built from blocks)."""
 
     def __init__(self, labels: sp.csr_matrix, strata: np.ndarray, thresholds: Sequence[float], chosen: np.ndarray, *,
                  scopes: np.ndarray | None = None, scope_index: np.ndarray | None = None,
                  wanted: np.ndarray | None = None, dense: bool = False) -> None:
         import scipy.sparse as sp
 
-        strata = np.asarray(strata, dtype=np.int64)
-        n_tokens, n_con = labels.shape
-        if len(strata) != n_tokens:
-            raise InputError(f"strata ({len(strata)}) and labels ({n_tokens}) cover different tokens")
+        labels = sp.csr_matrix(labels, dtype=np.float32)
+        strata = _stratum_codes(strata, labels.shape[0])
+        layout = MantelHaenszelLayout()  # the whole store as one block
+        layout.add_block(labels, strata, scopes)
+        self._build(layout, thresholds, chosen, scope_index, wanted, dense)
+        self.onehot, self.member = self._token_rows(labels, strata, scopes)
+
+    @classmethod
+    def from_layout(cls, layout: MantelHaenszelLayout, thresholds: Sequence[float], chosen: np.ndarray, *,
+                    scope_index: np.ndarray | None = None, wanted: np.ndarray | None = None,
+                    dense: bool = False) -> MantelHaenszelSums:
+        """Sums over the blocks that ``layout`` counted (fed with :meth:`add` ``(values, labels=, strata=, scopes=)``
+        block by block); the other arguments as for the constructor."""
+        self = cls.__new__(cls)
+        self._build(layout, thresholds, chosen, scope_index, wanted, dense)
+        self.onehot = self.member = None
+        return self
+
+    @classmethod
+    def from_blocks(cls, blocks: Iterable[tuple[Any, np.ndarray, np.ndarray | None]], thresholds: Sequence[float],
+                    chosen: np.ndarray, *, scope_index: np.ndarray | None = None, wanted: np.ndarray | None = None,
+                    dense: bool = False) -> MantelHaenszelSums:
+        """:meth:`from_layout` of the layout of ``blocks``, ``(labels, strata, scopes)`` per block of tokens (read
+        once; see :meth:`MantelHaenszelLayout.add_block`)."""
+        layout = MantelHaenszelLayout()
+        for labels, strata, scopes in blocks:
+            layout.add_block(labels, strata, scopes)
+        return cls.from_layout(layout, thresholds, chosen, scope_index=scope_index, wanted=wanted, dense=dense)
+
+    def _build(self, layout: MantelHaenszelLayout, thresholds: Sequence[float], chosen: np.ndarray,
+               scope_index: np.ndarray | None, wanted: np.ndarray | None, dense: bool) -> None:
+        import scipy.sparse as sp
+
+        chosen = np.asarray(chosen)
+        n_con = layout.n_concepts
+        if n_con is None:  # no block at all: the concepts are those of ``chosen``
+            n_con = chosen.shape[1] if chosen.ndim == 2 else 0
         if chosen.ndim != 2 or chosen.shape[1] != n_con:
             raise InputError(f"chosen thresholds have shape {chosen.shape}, want (features, {n_con})")
         n_feat = chosen.shape[0]
-        index = np.full(n_con, -1, dtype=np.int64) if scope_index is None else np.asarray(scope_index, dtype=np.int64)
-        if scopes is None:
-            index = np.full(n_con, -1, dtype=np.int64)
-        labels = sp.csr_matrix(labels, dtype=np.float32)
+        index = np.full(n_con, -1, dtype=np.int64)
+        if scope_index is not None and layout.scoped:
+            index = np.asarray(scope_index, dtype=np.int64).ravel()
+            if len(index) != n_con or (len(index) and (index.min() < -1 or index.max() >= (layout.n_scopes or 0))):
+                raise InputError(f"scope_index must give {n_con} scopes in [-1, {layout.n_scopes}), got "
+                                 f"{len(index)} in [{index.min(initial=0)}, {index.max(initial=0)}]")
         # One combined stratum per (scope, stratum): a scoped concept's strata hold only the tokens of its scope, and
         # every scope is counted in the same products (a token sits in the all-tokens group and in each scope it is in).
-        groups, group_of = np.unique(index, return_inverse=True)
-        k_total = int(strata.max(initial=-1)) + 1
-        rows_g, cols_g = [], []
-        for g, scope in enumerate(groups):
-            rows = np.arange(n_tokens) if scope < 0 else np.flatnonzero(scopes[:, scope])
-            rows_g.append(rows)
-            cols_g.append(g * k_total + strata[rows])
-        combined, col_of = np.unique(np.concatenate(cols_g), return_inverse=True)
-        self.onehot = sp.csr_matrix((np.ones(len(col_of), dtype=np.float32), (np.concatenate(rows_g), col_of)),
-                                    shape=(n_tokens, len(combined)))
-        self.n_k = np.asarray(self.onehot.sum(0), dtype=np.float64).ravel()
-        lookup = {int(c): i for i, c in enumerate(combined)}  # combined key -> column
-        # The (concept, combined stratum) cell of every labelled token: the membership matrix's columns.
-        lr, lc = labels.nonzero()
-        key = group_of[lc] * k_total + strata[lr]
-        keys, key_inv = np.unique(key, return_inverse=True)
-        col_cell = np.array([lookup[int(k)] for k in keys], dtype=np.int64)[key_inv]  # combined column of each entry
-        cell_key = lc.astype(np.int64) * len(combined) + col_cell
-        cells, cell_of = np.unique(cell_key, return_inverse=True)
-        self.cell_concept, self.cell_stratum = cells // len(combined), cells % len(combined)
-        self.member = sp.csr_matrix((np.ones(len(lr), dtype=np.float32), (lr, cell_of)), shape=(n_tokens, len(cells)))
-        self.cell_lab = np.bincount(cell_of, minlength=len(cells)).astype(np.float64)
+        # Its key is (scope + 1) << 32 | stratum: the columns sort by scope, then stratum.
+        self.groups = np.unique(index)  # the scopes in use (-1: all tokens)
+        keep = np.isin(layout.scope_keys >> _SHIFT, self.groups + 1)
+        self.combined = layout.scope_keys[keep]
+        self.n_k = layout.scope_counts[keep].astype(np.float64)
+        # The (concept, combined stratum) cells of labelled tokens: the membership matrix's columns, sorted by concept,
+        # then stratum (a concept has one scope, so that is its combined strata's order).
+        self.cell_keys = layout.cell_keys
+        self.cell_concept = layout.cell_keys >> _SHIFT
+        stratum = layout.cell_keys & ((1 << _SHIFT) - 1)
+        self.cell_stratum = _lookup(self.combined, ((index[self.cell_concept] + 1) << _SHIFT) + stratum,
+                                    "labelled (concept, stratum) cells have no token of the concept's scope in their "
+                                    "stratum: a scoped concept's labels must lie inside its scope")
+        self.cell_lab = layout.cell_counts.astype(np.float64)
         v_cell = self.cell_lab * (self.n_k[self.cell_stratum] - self.cell_lab)
         self.testable = np.bincount(self.cell_concept, weights=v_cell, minlength=n_con) > 0
         n_k = self.n_k
         w = np.where(n_k > 1, 1.0 / (n_k**2 * np.maximum(n_k - 1, 1)), 0.0)
-        shape_cs = (n_con, len(combined))
-        self.v_mat = sp.csr_matrix((v_cell * w[self.cell_stratum], (self.cell_concept, self.cell_stratum)), shape=shape_cs)
+        shape_cs = (n_con, len(self.combined))
+        self.v_mat = sp.csr_matrix((v_cell * w[self.cell_stratum], (self.cell_concept, self.cell_stratum)),
+                                   shape=shape_cs)
         self.e_mat = sp.csr_matrix((self.cell_lab / n_k[self.cell_stratum], (self.cell_concept, self.cell_stratum)),
                                    shape=shape_cs)
         self.thresholds = list(thresholds)
-        self.chosen = np.asarray(chosen)
+        self.chosen = chosen
         self.want = np.ones((n_feat, n_con), dtype=bool) if wanted is None else np.asarray(wanted, dtype=bool)
         self.dense = dense
         self.levels = [int(t) for t in np.unique(self.chosen[self.want])]
         self.features = {t: np.flatnonzero(((self.chosen == t) & self.want).any(1)) for t in self.levels}
         self.sums: dict[int, list[Any]] = {}
 
-    def add(self, values: sp.csr_matrix | np.ndarray, start: int) -> None:
-        """Count the tokens ``start .. start + len(values)`` (``values``: their normalised feature activations)."""
+    def _token_rows(self, labels: sp.csr_matrix, strata: np.ndarray,
+                    scopes: np.ndarray | None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The tokens x combined strata and tokens x cells membership matrices of a block of tokens."""
         import scipy.sparse as sp
 
-        stop = start + values.shape[0]
-        onehot, member = self.onehot[start:stop], self.member[start:stop]
-        n_tokens, n_feat = values.shape
+        n_tokens = labels.shape[0]
+        if scopes is None and (self.groups >= 0).any():
+            raise InputError("these sums test scoped concepts: give the block's scopes")
+        rows_g, cols_g = [], []
+        for scope in self.groups:
+            rows = np.arange(n_tokens) if scope < 0 else np.flatnonzero(np.asarray(scopes[:, scope], dtype=bool))
+            rows_g.append(rows)
+            cols_g.append(_lookup(self.combined, (int(scope + 1) << _SHIFT) + strata[rows],
+                                  "tokens lie in strata that the layout did not count: build it from every block"))
+        rows, cols = np.concatenate(rows_g), np.concatenate(cols_g)
+        onehot = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                               shape=(n_tokens, len(self.combined)))
+        lr, lc = labels.nonzero()
+        cell_of = _lookup(self.cell_keys, (lc.astype(np.int64) << _SHIFT) + strata[lr],
+                          "labelled tokens lie in (concept, stratum) cells that the layout did not count: build it "
+                          "from every block")
+        member = sp.csr_matrix((np.ones(len(lr), dtype=np.float32), (lr, cell_of)),
+                               shape=(n_tokens, len(self.cell_keys)))
+        return onehot, member
+
+    def add(self, values: sp.csr_matrix | np.ndarray, start: int | None = None, *, labels: Any = None,
+            strata: np.ndarray | None = None, scopes: np.ndarray | None = None) -> None:
+        """Count a block of tokens (``values``: their normalised feature activations).
+
+        Sums made by the constructor take the store's rows ``start .. start + len(values)``; sums made by
+        :meth:`from_blocks` / :meth:`from_layout` take the block's ``labels``, ``strata`` and ``scopes`` (as given to
+        the layout) instead, and need no ``start`` (one given is not used)."""
+        import scipy.sparse as sp
+
+        n_tokens = values.shape[0]
+        if self.onehot is None or self.member is None:
+            if labels is None or strata is None:
+                raise InputError("these sums were built from blocks (from_blocks / from_layout): call "
+                                 "add(values, labels=..., strata=..., scopes=...) with the block's labels and strata")
+            labels = sp.csr_matrix(labels, dtype=np.float32)
+            if labels.shape != (n_tokens, len(self.testable)):
+                raise InputError(f"a block's labels have shape {labels.shape}, want ({n_tokens}, {len(self.testable)})")
+            if scopes is not None and np.shape(scopes)[0] != n_tokens:
+                raise InputError(f"a block's scopes cover {np.shape(scopes)[0]} tokens, its values {n_tokens}")
+            onehot, member = self._token_rows(labels, _stratum_codes(strata, n_tokens), scopes)
+        else:
+            if start is None or labels is not None or strata is not None or scopes is not None:
+                raise InputError("these sums hold the whole store's labels (the constructor): call add(values, start) "
+                                 "with the block's first row; give blocks' labels to from_blocks / from_layout instead")
+            stop = start + n_tokens
+            onehot, member = self.onehot[start:stop], self.member[start:stop]
+        n_feat = values.shape[1]
         dense = None
         if self.dense:
             dense = values if isinstance(values, np.ndarray) else values.toarray()
@@ -245,8 +444,9 @@ class MantelHaenszelSums:
                 act = sp.csr_matrix(sub > threshold, dtype=np.float32)
                 if sub is not values:  # back to all feature columns, zero outside ``feats``
                     act = sp.csr_matrix((act.data, feats[act.indices], act.indptr), shape=(n_tokens, n_feat))
-                part = [sp.csr_matrix(act.T @ onehot, dtype=np.float64),  # features x combined strata (a feature fires in few)
-                        sp.csr_matrix(act.T @ member, dtype=np.float64)]  # features x cells: a_k
+                # features x combined strata (a feature fires in few), features x cells (a_k)
+                part = [sp.csr_matrix(act.T @ onehot, dtype=np.float64),
+                        sp.csr_matrix(act.T @ member, dtype=np.float64)]
             got = self.sums.get(t_i)
             self.sums[t_i] = part if got is None else [got[0] + part[0], got[1] + part[1]]
 
@@ -273,7 +473,8 @@ class MantelHaenszelSums:
             pick = (self.chosen == t_i) & self.want
             got = self.sums.get(t_i)
             if self.dense:
-                n_act, per_cell = ((np.zeros((n_feat, n_comb)), np.zeros((len(cell_lab), n_feat))) if got is None else got)
+                n_act, per_cell = ((np.zeros((n_feat, n_comb)), np.zeros((len(cell_lab), n_feat))) if got is None
+                                   else got)
                 n_act = n_act.astype(np.float32)
                 per_cell = per_cell.astype(np.float32)
                 cell, f = np.nonzero(per_cell)
@@ -356,7 +557,8 @@ def pair_columns(values: sp.csr_matrix, labels: sp.csr_matrix, strata: np.ndarra
     ``p_cmh``, ``q_cmh`` (BH over the testable pairs), ``stratified`` (``survives``: ``q_cmh <= STRATIFIED_Q`` and
     ``or_mh >= STRATIFIED_OR``; ``explained``: significant plainly (``q_value <= STRATIFIED_Q``) but not once
     stratified, including a feature constant inside every stratum where the concept varies (``p_cmh`` 1);
-    ``not testable``: the concept does not vary inside any stratum of its scope; ``not significant``: neither) and ``explained_by_position`` (``stratified == "explained"``)."""
+    ``not testable``: the concept does not vary inside any stratum of its scope; ``not significant``: neither) and
+    ``explained_by_position`` (``stratified == "explained"``)."""
     res = mantel_haenszel(values, labels, strata, thresholds, chosen, scopes=scopes, scope_index=scope_index,
                           wanted=keep)
     return columns_from_test(res, keep, plain_q)
@@ -407,7 +609,8 @@ def best_columns(pairs: pd.DataFrame, best: pd.DataFrame, *, captured_f1: float 
     top = surv.drop_duplicates("concept").set_index("concept").reindex(best["concept"].astype(str))
     beyond_f1 = top["test_f1"].fillna(0.0).to_numpy(dtype=float)
     return pd.DataFrame({
-        "stratified": status, "or_mh": mine["or_mh"].to_numpy(dtype=float), "q_cmh": mine["q_cmh"].to_numpy(dtype=float),
+        "stratified": status, "or_mh": mine["or_mh"].to_numpy(dtype=float),
+        "q_cmh": mine["q_cmh"].to_numpy(dtype=float),
         "beyond_feature": top["feature"].fillna("").to_numpy(dtype=object),
         "beyond_test_f1": beyond_f1, "beyond_or": top["or_mh"].to_numpy(dtype=float),
         "beyond_q": top["q_cmh"].to_numpy(dtype=float), "captured_beyond": beyond_f1 > captured_f1,

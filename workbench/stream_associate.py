@@ -16,8 +16,9 @@ same code as the in-memory path (:func:`~workbench.associate.association_from_co
 maxima are all-reduced with max and counts with sum (in float64, exact for integer counts), and every rank returns
 the same result.
 
-Memory: one shard's codes and its labels, plus the counts (``thresholds x features x concepts`` per split). The token
-labels themselves are still a whole-store :class:`~workbench.concepts.ConceptLabels` (sparse, a few entries per token).
+Memory: one shard's codes and its labels, plus the counts (``thresholds x features x concepts`` per split). The labels
+are a whole-store :class:`~workbench.concepts.ConceptLabels` or, for stores whose labels should not be one matrix,
+:class:`~workbench.label_shards.LabelShards` read one shard (or token range) at a time; the results are the same.
 
 The permutation null (labels shifted circularly along the tokens, :func:`~workbench.associate.associate`) is a third
 pass over the shards that serves every permutation at once: for each shift the tokens are cut into chunks that begin
@@ -29,7 +30,9 @@ shard in this pass) and their maxima all-reduced.
 The stratified test (``strata``, :mod:`workbench.stratified`) is one more pass once each pair's threshold is chosen:
 its sums (active tokens per feature and stratum, active-and-labelled tokens per feature, concept and stratum) are
 integer counts that add up over shards (:class:`~workbench.stratified.MantelHaenszelSums`); the ranks' sums are
-gathered and added.
+gathered and added. Its layout (tokens per stratum, labelled tokens per concept and stratum) is counted from the
+shards' labels too (:class:`~workbench.stratified.MantelHaenszelLayout`), so nothing per token is kept but the
+strata codes.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ from workbench.associate import (
     split_counts,
 )
 from workbench.errors import WorkbenchError
-from workbench.stratified import DENSE_FRACTION, MantelHaenszelSums, columns_from_test
+from workbench.label_shards import LabelShards, TokenBlock, token_block, token_scope_index
+from workbench.stratified import DENSE_FRACTION, MantelHaenszelLayout, MantelHaenszelSums, columns_from_test
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -139,7 +143,7 @@ def _normalised(values: sp.csr_matrix | np.ndarray, maxima: np.ndarray) -> sp.cs
 
 def associate_streaming(
     store: ActivationStore,
-    labels: ConceptLabels,
+    labels: ConceptLabels | LabelShards,
     *,
     layer: int,
     sae: Any | None = None,
@@ -181,10 +185,8 @@ def associate_streaming(
             maxima = feature_maxima(store, layer=layer, sae=sae, batch_size=batch_size, dist=dist, cache=cache)
         is_val_seq = sequence_split(store.sequences["sequence_id"].astype(str).tolist(), seed=split_seed)
         token_seq = store.token_sequence()
-        lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
-        masks, scope_index = labels.scope_matrix("token")
-        if masks is not None:
-            masks = masks.astype(np.float32)
+        scope_names, scope_index = token_scope_index(labels)
+        scoped = bool(scope_names)
         starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
         totals: dict[str, list[dict[str, np.ndarray]]] | None = None
         n_scope_sum = np.zeros(len(scope_index), dtype=np.float64)
@@ -194,35 +196,40 @@ def associate_streaming(
             values = _normalised(_shard_values(store, sae, i, layer, batch_size, cache), maxima)
             nnz += values.nnz
             is_val = is_val_seq[token_seq[a:b]]
+            block = token_block(labels, a, b)
+            masks = None if block.scopes is None else block.scopes.astype(np.float32)
             shard = {}
             for name, rows in (("val", np.flatnonzero(is_val)), ("test", np.flatnonzero(~is_val))):
-                shard[name] = split_counts(values[rows], lab[a:b][rows], inst[a:b][rows],
-                                           None if masks is None else masks[a:b][rows], thresholds, scope_index)
+                shard[name] = split_counts(values[rows], block.tokens[rows], block.instances[rows],
+                                           None if masks is None else masks[rows], thresholds, scope_index)
             totals = _add(totals, shard)
             if masks is not None:
-                n_scope_sum += _scope_counts(masks[a:b], scope_index)
+                n_scope_sum += _scope_counts(masks, scope_index)
         totals = _reduce_counts(totals, dist, len(thresholds), len(names), labels)
         n_scope = np.full(len(scope_index), labels.n_tokens, dtype=np.int64)
-        if masks is not None:
+        if scoped:
             n_scope_sum = _all_reduce(n_scope_sum, dist, "sum")
-            scoped = scope_index >= 0
-            n_scope[scoped] = n_scope_sum[scoped].astype(np.int64)
+            inside = scope_index >= 0
+            n_scope[inside] = n_scope_sum[inside].astype(np.int64)
         is_val_tokens = is_val_seq[token_seq]
 
         def null(observed: np.ndarray) -> dict[str, np.ndarray]:
             if n_permutations <= 0:
                 return null_pvalues(observed, np.zeros((0, len(observed))))
-            maxima_null = _null_maxima(store, sae, layer, maxima, batch_size, labels, masks, scope_index, is_val_tokens,
+            maxima_null = _null_maxima(store, sae, layer, maxima, batch_size, labels, scoped, scope_index, is_val_tokens,
                                        thresholds, n_permutations, seed, dist, null_memory, cache)
             return null_pvalues(observed, maxima_null)
 
         dense = float(_all_reduce(nnz, dist, "sum")[0]) > DENSE_FRACTION * max(labels.n_tokens * len(names), 1)
 
         def stratified(best_t: np.ndarray, keep: np.ndarray, q: np.ndarray) -> pd.DataFrame:
-            sums = MantelHaenszelSums(lab, strata, thresholds, best_t, scopes=masks, scope_index=scope_index, wanted=keep,
-                                      dense=dense)
+            sums = _stratified_sums(labels, strata, starts, thresholds, best_t, scope_index=scope_index, wanted=keep,
+                                    dense=dense, dist=dist)
             for i in range(dist.rank, len(store.shards), dist.world_size):
-                sums.add(_normalised(_shard_values(store, sae, i, layer, batch_size, cache), maxima), int(starts[i]))
+                a, b = int(starts[i]), int(starts[i + 1])
+                block = token_block(labels, a, b)
+                sums.add(_normalised(_shard_values(store, sae, i, layer, batch_size, cache), maxima), a,
+                         labels=block.tokens, strata=strata[a:b], scopes=block.scopes)
             if dist.world_size > 1:
                 states = dist.gather(sums.state())
                 sums.sums = {}
@@ -232,7 +239,7 @@ def associate_streaming(
 
         result = association_from_counts(
             totals, names=names, concepts=labels.token_concepts["concept"].tolist(), n_tokens=labels.n_tokens,
-            n_scope=n_scope, scoped=masks is not None, thresholds=thresholds, top_per_threshold=top_per_threshold,
+            n_scope=n_scope, scoped=scoped, thresholds=thresholds, top_per_threshold=top_per_threshold,
             params={"split_seed": split_seed, "n_permutations": n_permutations, "seed": seed,
                     "stratified": strata is not None},
             null=null, strata=None if strata is None else stratified,
@@ -270,7 +277,7 @@ class ShardFeatures:
         return _normalised(_shard_values(self.store, self.sae, i, self.layer, self.batch_size, self.cache), self.maxima)
 
 
-def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representations: dict[str, tuple[ShardFeatures, Association]],
+def verdicts_streaming(store: ActivationStore, labels: ConceptLabels | LabelShards, representations: dict[str, tuple[ShardFeatures, Association]],
                        *, reference: str = "sae", n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
                        split_seed: int = 0) -> pd.DataFrame:
     """:func:`~workbench.verdicts.concept_verdicts` shard by shard: the per-test-sequence counts of each concept's
@@ -287,8 +294,7 @@ def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representa
         if features.store.n_tokens != labels.n_tokens:
             raise WorkbenchError(f"features {name!r} cover {features.store.n_tokens} tokens, labels {labels.n_tokens}")
     tok_test, n_test = _test_tokens(store.sequences["sequence_id"].astype(str).tolist(), store.token_sequence(), split_seed)
-    lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
-    masks, scope_index = labels.scope_matrix("token")
+    scope_index = token_scope_index(labels)[1]
     starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
     dist = Dist.setup("cpu", keep=True)
     try:
@@ -296,8 +302,9 @@ def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representa
         for i in range(dist.rank, len(store.shards), dist.world_size):
             a, b = int(starts[i]), int(starts[i + 1])
             reps = {name: (f.shard(i), f.names, assoc.best) for name, (f, assoc) in representations.items()}
-            total = add_counts(total, block_counts(reps, lab[a:b], inst[a:b], None if masks is None else masks[a:b],
-                                                   scope_index, tok_test[a:b], n_test))
+            block = token_block(labels, a, b)
+            total = add_counts(total, block_counts(reps, block.tokens, block.instances, block.scopes, scope_index,
+                                                   tok_test[a:b], n_test))
         if total is None:  # a rank without shards
             def zeros() -> np.ndarray:
                 return np.zeros((len(concepts), n_test), dtype=np.float32)
@@ -316,8 +323,9 @@ def verdicts_streaming(store: ActivationStore, labels: ConceptLabels, representa
                                 reference=reference, n_boot=n_boot, ci=ci, seed=seed)
 
 
-def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int, labels: ConceptLabels,
-                 masks: np.ndarray | None, scope_index: np.ndarray, is_val: np.ndarray, thresholds: Sequence[float],
+def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray, batch_size: int,
+                 labels: ConceptLabels | LabelShards,
+                 scoped: bool, scope_index: np.ndarray, is_val: np.ndarray, thresholds: Sequence[float],
                  n_permutations: int, seed: int, dist: Dist, memory: int, cache: Path | None = None) -> np.ndarray:
     """Per permutation and concept, the best validation F1 over features and thresholds with the labels shifted by
     the permutation's shift: :func:`workbench.associate._permutation_null`'s maxima, computed over span-closed chunks
@@ -327,34 +335,33 @@ def _null_maxima(store: ActivationStore, sae: Any, layer: int, maxima: np.ndarra
     rng = np.random.default_rng(seed)
     shifts = [int(rng.integers(1, n)) for _ in range(n_permutations)]  # the in-memory path's draws, in its order
     mine = list(range(dist.rank, n_permutations, dist.world_size))
-    n_con = labels.tokens.shape[1]
+    n_con = len(labels.token_concepts)
     out = np.zeros((n_permutations, n_con))
     seqs = store.sequences
     shard_starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in store.shards])])
     seq_starts = np.sort(shard_starts[seqs["shard"].to_numpy()] + seqs["offset"].to_numpy())
     n_features = len(maxima)
-    per_permutation = len(thresholds) * n_features * n_con * (3 if masks is not None else 2) * 8  # tp, hits, scoped
+    per_permutation = len(thresholds) * n_features * n_con * (3 if scoped else 2) * 8  # tp, hits, scoped
     group = max(1, int(memory // max(per_permutation, 1)))
     for start in range(0, len(mine), group):  # one read of the shards per group of permutations
-        _null_group(mine[start : start + group], shifts, store, sae, layer, maxima, batch_size, labels, masks,
+        _null_group(mine[start : start + group], shifts, store, sae, layer, maxima, batch_size, labels, scoped,
                     scope_index, is_val, thresholds, shard_starts, seq_starts, out, cache)
     return _all_reduce(out, dist, "sum")
 
 
 def _null_group(mine: list[int], shifts: list[int], store: ActivationStore, sae: Any, layer: int, maxima: np.ndarray,
-                batch_size: int, labels: ConceptLabels, masks: np.ndarray | None, scope_index: np.ndarray,
+                batch_size: int, labels: ConceptLabels | LabelShards, scoped: bool, scope_index: np.ndarray,
                 is_val: np.ndarray, thresholds: Sequence[float], shard_starts: np.ndarray, seq_starts: np.ndarray,
                 out: np.ndarray, cache: Path | None = None) -> None:
     """The maxima of permutations ``mine`` (rows of ``out``) from one read of the shards."""
     from workbench.associate import _f1
 
-    n, n_con = labels.n_tokens, labels.tokens.shape[1]
+    n, n_con = labels.n_tokens, len(labels.token_concepts)
     if mine:
         tasks = []  # (perm, activation rows as one or two linear ranges)
         for i in mine:
             for lo, hi in _chunks(shard_starts, seq_starts, shifts[i], n):
                 tasks.append((i, lo, hi))
-        lab, inst = labels.tokens.tocsr(), labels.instances.tocsr()
         counts: dict[int, list[dict[str, np.ndarray]]] = {}
         window = _ShardWindow(store, sae, layer, maxima, batch_size, shard_starts, cache)
         head_end = max((hi - n for _, lo, hi in tasks if hi > n), default=0)
@@ -370,17 +377,48 @@ def _null_group(mine: list[int], shifts: list[int], store: ActivationStore, sae:
                 values = sp.vstack([values, head[: hi - n]], format="csr")
             window.release_before(int(still_needed[j + 1]))
             val = np.flatnonzero(is_val[rows])
-            src = (rows[val] - shifts[i]) % n  # where the shifted labels of these tokens come from
-            part = split_counts(values[val], lab[src], inst[src], None if masks is None else masks[src], thresholds, scope_index)
+            block = _wrapped_block(labels, (lo - shifts[i]) % n, hi - lo, n)  # where the shifted labels come from
+            masks = None if block.scopes is None else block.scopes[val].astype(np.float32)
+            part = split_counts(values[val], block.tokens[val], block.instances[val], masks, thresholds, scope_index)
             counts[i] = _add({"val": counts[i]} if i in counts else None, {"val": part})["val"]
         for i in mine:
             best = np.zeros(n_con)
             for c in counts.get(i, []):
                 c = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in c.items()}
-                n_act = c["n_active"] if masks is None else c["n_active_scoped"]
+                n_act = c["n_active_scoped"] if scoped else c["n_active"]
                 f1 = _f1(c["tp"], n_act, c["n_labelled"], c["hit_instances"], c["n_instances"])[3]
                 best = np.maximum(best, f1.max(0) if f1.size else 0.0)
             out[i] = best
+
+
+def _stratified_sums(labels: ConceptLabels | LabelShards, strata: np.ndarray, starts: np.ndarray,
+                     thresholds: Sequence[float], chosen: np.ndarray, *, scope_index: np.ndarray, wanted: np.ndarray,
+                     dense: bool, dist: Dist) -> MantelHaenszelSums:
+    """The stratified test's sums, their layout counted from this rank's shards' labels and merged across ranks
+    (nothing per token is kept: each shard's rows are built again when its values are added)."""
+    layout = MantelHaenszelLayout()
+    for i in range(dist.rank, len(starts) - 1, dist.world_size):
+        a, b = int(starts[i]), int(starts[i + 1])
+        block = token_block(labels, a, b)
+        layout.add_block(block.tokens, strata[a:b], block.scopes)
+    if dist.world_size > 1:
+        layouts = dist.gather(layout)
+        layout = MantelHaenszelLayout()
+        for other in layouts:
+            layout.merge(other)  # type: ignore[arg-type]
+    return MantelHaenszelSums.from_layout(layout, thresholds, chosen, scope_index=scope_index, wanted=wanted, dense=dense)
+
+
+def _wrapped_block(labels: ConceptLabels | LabelShards, start: int, length: int, n: int) -> TokenBlock:
+    """The token labels of rows ``start, start + 1, ...`` (``length`` of them, continuing at row 0 past ``n``)."""
+    import scipy.sparse as sp
+
+    if start + length <= n:
+        return token_block(labels, start, start + length)
+    head, tail = token_block(labels, start, n), token_block(labels, 0, start + length - n)
+    return TokenBlock(sp.vstack([head.tokens, tail.tokens], format="csr"),
+                      sp.vstack([head.instances, tail.instances], format="csr"),
+                      None if head.scopes is None else np.concatenate([head.scopes, tail.scopes]))
 
 
 def _chunks(shard_starts: np.ndarray, seq_starts: np.ndarray, shift: int, n: int) -> list[tuple[int, int]]:
@@ -482,12 +520,12 @@ derived float is computed exactly as on the in-memory path (counts below 2**24 a
 
 
 def _reduce_counts(totals: dict[str, list[dict[str, np.ndarray]]] | None, dist: Dist, n_thresholds: int, n_features: int,
-                   labels: ConceptLabels) -> dict[str, list[dict[str, np.ndarray]]]:
+                   labels: ConceptLabels | LabelShards) -> dict[str, list[dict[str, np.ndarray]]]:
     """Sum the counts of every rank (a rank without shards contributes zeros of the right shapes)."""
-    n_con = labels.tokens.shape[1]
+    n_con = len(labels.token_concepts)
     shapes = {"tp": (n_features, n_con), "n_active": (n_features,), "n_labelled": (n_con,),
               "hit_instances": (n_features, n_con), "n_instances": (n_con,), "n_active_scoped": (n_features, n_con)}
-    scoped = labels.scope_matrix("token")[0] is not None
+    scoped = bool(token_scope_index(labels)[0])
     keys = [k for k in _KEYS if k != "n_active_scoped" or scoped]
     out: dict[str, list[dict[str, np.ndarray]]] = {}
     for name in ("val", "test"):

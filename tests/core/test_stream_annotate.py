@@ -40,7 +40,8 @@ def run(setup: dict[str, Any], out: Path, **kwargs: Any) -> Any:
 
     config = kwargs.pop("config", AnnotateConfig(n_permutations=3, n_causal=2, causal_sequences=2, probe_cv=3,
                                                  n_bootstrap=100))
-    return workbench.annotate(setup["store"], setup["root"] / "sae", setup["labels"], layer=1, out=out,
+    labels = kwargs.pop("labels", setup["labels"])
+    return workbench.annotate(setup["store"], setup["root"] / "sae", labels, layer=1, out=out,
                               control_store=setup["control"], control_sae=setup["root"] / "sae_control", config=config,
                               progress=False, **kwargs)
 
@@ -247,3 +248,23 @@ def test_ranks_that_see_different_labels_are_refused(setup: dict[str, Any], tmp_
     for rank in (0, 1):
         assert "rank 1's labels differs from rank 0's" in (tmp_path / f"rank{rank}.txt").read_text()
     assert not (tmp_path / "cat").exists()
+
+
+def test_labels_held_per_shard_give_the_same_catalog(setup: dict[str, Any], tmp_path: Path) -> None:
+    from domains.sequence.sources import labels_from_specs
+    from workbench._pipeline import AnnotateConfig
+    from workbench.label_shards import build_label_shards
+
+    config = AnnotateConfig(n_permutations=2, n_causal=1, causal_sequences=2, probe_cv=3, n_bootstrap=50,
+                            sample_tokens=setup["store"].n_tokens // 2)
+    shards = build_label_shards(setup["store"], lambda view: labels_from_specs(view, ["anarci", "motif"]),
+                                tmp_path / "labels", key="anarci,motif")
+    whole = run(setup, tmp_path / "whole", stream=True, config=config)
+    sharded = run(setup, tmp_path / "sharded", config=config, labels=shards)  # label shards stream by themselves
+    assert sharded.summary["streamed"]["n_shards"] == len(setup["store"].shards)
+    for name in whole.tables:
+        a, b = (t.drop(columns=[c for c in ("seconds",) if c in t.columns]) for t in (whole.table(name), sharded.table(name)))
+        pd.testing.assert_frame_equal(a, b, check_exact=name != "profile", rtol=1e-12, obj=name)
+    assert (whole.adata.X != sharded.adata.X).nnz == 0
+    pd.testing.assert_frame_equal(whole.adata.obs, sharded.adata.obs)
+    pd.testing.assert_frame_equal(whole.adata.uns["examples"], sharded.adata.uns["examples"])

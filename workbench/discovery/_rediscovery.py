@@ -64,8 +64,8 @@ def rediscovery(
     from its labels, :func:`workbench.associate.associate` is re-run on the reduced labels of that concept alone
     (``association_options`` are passed on; permutations default to 0), and :func:`missing_annotations` is run for
     the concept with ``candidate_options`` (``min_test_f1``, ``max_q``, ``features_per_concept``). The draw of
-    withheld instances depends only on ``seed`` and the concept's name, so a concept's row does not depend on
-    which other concepts are evaluated. Only features that overlap the concept's remaining labels are passed to
+    withheld instances depends only on ``seed``, the concept's name and its spans in store order (not on how the
+    source numbered them), so a concept's row does not depend on which other concepts are evaluated. Only features that overlap the concept's remaining labels are passed to
     the association: the others cannot form a pair (their overlap is zero at every threshold), so the pairs and the
     Benjamini-Hochberg q-values are exactly those of the full feature set.
 
@@ -135,7 +135,9 @@ def rediscovery(
         concept = names[j]
         rows = inst.indices[inst.indptr[j] : inst.indptr[j + 1]].astype(np.int64)
         ids = inst.data[inst.indptr[j] : inst.indptr[j + 1]]
-        uniq = np.unique(ids)
+        order = np.argsort(rows, kind="stable")
+        uniq, first = np.unique(ids[order], return_index=True)
+        uniq = uniq[np.argsort(first, kind="stable")]  # spans in store order: the draw ignores how a source numbers them
         n_w = int(np.clip(round(withhold * len(uniq)), 1, len(uniq) - 1))
         rng = np.random.default_rng([int(seed), zlib.crc32(concept.encode())])
         withheld_ids = rng.choice(uniq, n_w, replace=False)
