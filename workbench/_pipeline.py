@@ -101,12 +101,27 @@ class AnnotateConfig:
     analyses that need a ``tokens x features`` matrix run (probes, description scores, missing annotations,
     unexplained features, rediscovery, the causal check); every count-based statistic covers the whole store. A
     memory budget (``max_memory``) sets it from the budget instead."""
+    device: str = "cpu"
+    """Streamed mode: where the SAE encodes the shards (``"cuda"``: the GPU, this rank's under torchrun); counts,
+    sums and the sample's analyses stay on the host. Codes encoded on a GPU equal the CPU's to float32 rounding."""
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:
     """Refuse an output folder that holds something, unless it may be replaced."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty (use overwrite)")
+
+
+def check_device(device: str, *, stream: bool) -> None:
+    """Refuse an encoding device other than the CPU outside the streamed stage, or one this machine lacks."""
+    if device == "cpu":
+        return
+    if not stream:
+        raise InputError(f"device {device!r} is for the streamed stage's encoding: pass stream=True (--stream)")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: no CUDA GPU here")
 
 
 def _log(progress: bool, message: str) -> None:
@@ -229,6 +244,7 @@ def annotate(
 
     sharded = isinstance(labels, LabelShards)
     stream = stream or max_memory is not None or sharded  # labels held per shard are read by the streamed stage
+    check_device(cfg.device, stream=stream)
     from workbench._stream_pipeline import require_shards
 
     require_shards(store)  # before any shard is read

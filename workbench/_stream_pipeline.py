@@ -191,6 +191,51 @@ def _load_table(folder: Path) -> pd.DataFrame:
     return pd.read_parquet(folder / "table.parquet")
 
 
+VERIFIED_FILE = "verified.json"
+"""The shard files a run hashed, with their size and modification time: a resumed run hashes only what changed."""
+
+
+def verify_shards(stores: Sequence[ActivationStore], *, layer: int, work: StreamWork, dist: Any = None) -> None:
+    """Check every shard's files against the hashes of the stores' manifests (:meth:`~workbench.store.ActivationStore.
+    verify_shard`), the ranks splitting the shards; a file verified earlier in this work folder whose size and
+    modification time are unchanged is not hashed again. Every rank raises the first failure, naming the file."""
+    import os
+
+    from workbench._dist import Dist
+
+    dist = dist or Dist()
+    marker = work.path / VERIFIED_FILE
+    try:
+        seen: dict[str, list[int]] = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        seen = {}
+    done: dict[str, list[int]] = {}
+    failure = ""
+    try:
+        for store in stores:
+            for i in range(dist.rank, len(store.shards), dist.world_size):
+                paths = [store.shard_dir(i) / name for name in store.shard_files(i, layer=layer)]
+                stamps = {str(p): [st.st_size, st.st_mtime_ns] for p in paths if p.is_file() for st in [os.stat(p)]}
+                if len(stamps) == len(paths) and all(seen.get(k) == v for k, v in stamps.items()):
+                    done.update(stamps)
+                    continue
+                store.verify_shard(i, layer=layer)
+                done.update(stamps)
+    except StoreError as exc:
+        failure = str(exc)
+    if dist.world_size > 1:
+        gathered = dist.gather((failure, done))
+        failure = next((f for f, _ in gathered if f), "")  # type: ignore[misc]
+        for _, d in gathered:  # type: ignore[misc]
+            done.update(d)
+    if failure:
+        raise StoreError(failure)
+    if work.writer:
+        tmp = marker.with_name(f".{VERIFIED_FILE}.tmp")
+        tmp.write_text(json.dumps(done))
+        os.replace(tmp, marker)
+
+
 @dataclass
 class StreamedStatistics:
     """The whole-store results of the streamed stage."""
@@ -231,16 +276,14 @@ def streamed_statistics(store: ActivationStore, sae: Any, labels: ConceptLabels 
     sources: dict[str, tuple[ActivationStore, Any]] = {"sae": (store, sae), "neurons": (store, None)}
     if control_store is not None:
         sources["random"] = (control_store, control_sae)
-    for i in range(len(store.shards)):  # changed shards are refused before any work
-        store.verify_shard(i, layer=layer)
-        if control_store is not None:
-            control_store.verify_shard(i, layer=layer)
+    verify_shards([store] + ([control_store] if control_store is not None else []), layer=layer, work=work,
+                  dist=dist)  # changed shards are refused before any work
     features: dict[str, ShardFeatures] = {}
     associations: dict[str, Association] = {}
     for name, (st, model) in sources.items():
         cache = work.path / f"codes-{name}" if model is not None else None
         features[name] = timed(f"feature maxima ({name})", lambda st=st, model=model, cache=cache: ShardFeatures(
-            st, layer, model, cache=cache, dist=dist))
+            st, layer, model, cache=cache, dist=dist, device=cfg.device))
         f = features[name]
         associations[name] = work.stage(f"association-{name}", lambda st=st, f=f, cache=cache: timed(
             f"association ({name}, streamed)", lambda: associate_streaming(

@@ -110,20 +110,22 @@ def _check_sae(store: ActivationStore, sae: Any, layer: int) -> None:
 
 
 def shard_codes(store: ActivationStore, sae: Any, shard: int, *, layer: int, batch_size: int = 8192) -> sp.csr_matrix:
-    """The SAE codes of one shard's tokens (``n_shard_tokens x width`` CSR, positive entries, not normalised)."""
+    """The SAE codes of one shard's tokens (``n_shard_tokens x width`` CSR, positive entries, not normalised), encoded
+    on the device the SAE's weights are on (the entries come back to the host)."""
     import scipy.sparse as sp
     import torch
 
     acts = store.shard_activations(shard, layer)
+    device = next(sae.parameters(), torch.empty(0)).device
     rows, cols, vals = [], [], []
     for start in range(0, len(acts), batch_size):
-        x = torch.from_numpy(np.asarray(acts[start : start + batch_size], dtype=np.float32))
+        x = torch.from_numpy(np.asarray(acts[start : start + batch_size], dtype=np.float32)).to(device)
         with torch.no_grad():
             codes = sae.encode_sparse(x)
         keep = codes.values > 0
-        rows.append((codes.rows[keep] + start).numpy())
-        cols.append(codes.cols[keep].numpy())
-        vals.append(codes.values[keep].float().numpy())
+        rows.append((codes.rows[keep] + start).cpu().numpy())
+        cols.append(codes.cols[keep].cpu().numpy())
+        vals.append(codes.values[keep].float().cpu().numpy())
     width = sae.cfg.width
     if not rows:
         return sp.csr_matrix((len(acts), width), dtype=np.float32)

@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="memory budget (e.g. 4G, 512M); implies --stream and sizes the sample and the permutation "
                          "counts from it; refused when one shard does not fit")
     an.add_argument("--sample-tokens", type=int, help="tokens in the streamed mode's sample (default 262144)")
+    an.add_argument("--device", default="cpu", help="streamed mode: where the SAE encodes the shards (cpu, cuda)")
     an.add_argument("--out", required=True, help="catalog folder to create")
     an.add_argument("--overwrite", action="store_true", help="replace an existing catalog")
     an.add_argument("--no-progress", action="store_true")
@@ -425,12 +426,15 @@ def _annotate(args: argparse.Namespace) -> int:
         return 0
     if (args.stream or args.max_memory or args.sample_tokens) and annotator is not None:
         raise WorkbenchError("--stream, --max-memory and --sample-tokens apply to sequence stores")
-    config = AnnotateConfig(n_permutations=args.permutations, n_causal=args.n_causal)
+    config = AnnotateConfig(n_permutations=args.permutations, n_causal=args.n_causal, device=args.device)
     if args.sample_tokens is not None:
         if args.sample_tokens < 1:
             raise WorkbenchError(f"--sample-tokens must be positive, not {args.sample_tokens}")
         config.sample_tokens = args.sample_tokens
     stream = bool(args.stream or args.sample_tokens is not None or args.max_memory)
+    from workbench._pipeline import check_device
+
+    check_device(args.device, stream=stream)
     if not stream:
         labels = labels_for(store, args.source, domain=args.domain)
         catalog = annotate(

@@ -311,14 +311,23 @@ def build_label_shards(store: ActivationStore, label_fn: Callable[[ActivationSto
                     progress(f"labels: shard {i + 1} of {len(store.shards)}")
         except Exception as exc:  # noqa: BLE001 - every rank must reach the status check below
             status, error = 1, exc
-        if dist.worst(status):
-            if error is not None:
-                raise error
-            raise WorkbenchError("another rank failed while labelling its shards")
+        _raise_any(dist, status, error, "labelling its shards")
+        status = 0
         if dist.rank == 0:
-            _merge(store, raw, folder, full_key)
-        dist.barrier()
+            try:
+                _merge(store, raw, folder, full_key)
+            except Exception as exc:  # noqa: BLE001
+                status, error = 1, exc
+        _raise_any(dist, status, error, "merging the label shards")
     return LabelShards(folder)
+
+
+def _raise_any(dist: Dist, status: int, error: BaseException | None, what: str) -> None:
+    """Raise on every rank when one failed: its own error, or a note that another rank failed."""
+    if dist.worst(status):
+        if error is not None:
+            raise error
+        raise WorkbenchError(f"another rank failed while {what}")
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:

@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.concepts import ConceptLabels
     from workbench.store import ActivationStore
 
-__all__ = ["associate_streaming", "feature_maxima", "verdicts_streaming", "ShardFeatures", "NULL_MEMORY"]
+__all__ = ["associate_streaming", "feature_maxima", "verdicts_streaming", "ShardFeatures", "on_device", "NULL_MEMORY"]
 
 NULL_MEMORY = 1 << 30
 """Default bytes of permutation counts held at once (``thresholds x features x concepts`` float64 arrays per
@@ -157,6 +157,7 @@ def associate_streaming(
     code_cache: bool | str | os.PathLike[str] = True,
     strata: np.ndarray | None = None,
     maxima: np.ndarray | None = None,
+    device: str | None = None,
 ) -> Association:
     """:func:`~workbench.associate.associate_store` computed shard by shard (module docstring): the same tables, with
     memory bounded by a few shards plus the counts. Run under ``torchrun`` to split the shards (and the permutations)
@@ -166,13 +167,15 @@ def associate_streaming(
     path: that folder, kept; ``False``: none, every pass encodes again) and read back by the later passes; on disk they
     take about ``8 x L0`` bytes per token. ``strata`` (one code per token) adds the stratified test, as in
     :func:`~workbench.associate.associate`. ``maxima``: the per-feature maxima when already known
-    (:func:`feature_maxima`), which saves their pass."""
+    (:func:`feature_maxima`), which saves their pass. ``device``: where the SAE encodes the shards (``"cuda"``: this
+    rank's GPU under torchrun); the counting stays on the host."""
     if strata is not None and len(strata) != labels.n_tokens:
         raise WorkbenchError(f"strata cover {len(strata)} tokens, the labels {labels.n_tokens}")
     if labels.n_tokens != store.n_tokens:
         raise WorkbenchError(f"labels cover {labels.n_tokens} tokens but {store.path} holds {store.n_tokens}")
     if sae is not None:
         _check_sae(store, sae, layer)
+        sae = on_device(sae, device)
     names = _names(sae.cfg.width) if sae is not None else [f"u{i:04d}" for i in range(store.d_model)]
     dist = Dist.setup("cpu", keep=True)
     scratch = tempfile.TemporaryDirectory(prefix="workbench-codes-") if code_cache is True and sae is not None else None
@@ -254,15 +257,36 @@ def associate_streaming(
     return result
 
 
+def on_device(sae: Any, device: str | None) -> Any:
+    """``sae`` itself when ``device`` is None or where its weights are; else a copy moved there (``"cuda"``: this
+    rank's GPU under torchrun), so the caller's SAE stays where it was."""
+    if device is None:
+        return sae
+    import copy
+
+    import torch
+
+    from workbench._dist import local_device
+
+    target = torch.device(local_device(device))
+    current = next(sae.parameters(), torch.empty(0)).device
+    if current == target or (target.type == current.type and target.index is None):
+        return sae
+    return copy.deepcopy(sae).to(target)
+
+
 class ShardFeatures:
     """One representation's normalised feature values shard by shard: SAE codes (``sae``) or the neurons' positive
     part (``sae`` None) of ``store`` at ``layer``, divided by the whole store's per-feature maxima (``maxima``, or
-    computed by :func:`feature_maxima`); SAE codes are kept in ``cache`` (a folder) after the first encoding."""
+    computed by :func:`feature_maxima`); SAE codes are kept in ``cache`` (a folder) after the first encoding.
+    ``device``: where the SAE encodes (``"cuda"`` on a GPU; the codes come back to the host)."""
 
     def __init__(self, store: ActivationStore, layer: int, sae: Any | None = None, *, maxima: np.ndarray | None = None,
-                 cache: Path | None = None, batch_size: int = 8192, dist: Dist | None = None) -> None:
+                 cache: Path | None = None, batch_size: int = 8192, dist: Dist | None = None,
+                 device: str | None = None) -> None:
         if sae is not None:
             _check_sae(store, sae, layer)
+            sae = on_device(sae, device)
         self.store, self.layer, self.sae, self.batch_size = store, layer, sae, batch_size
         self.cache = cache if sae is not None else None
         if self.cache is not None:

@@ -81,7 +81,20 @@ def test_a_capped_sample_keeps_whole_store_statistics_and_resumes(setup: dict[st
     work = tmp_path / "cat.annotate-work"
     assert {"association-sae", "association-neurons", "association-random", "verdicts"} <= {p.name for p in work.iterdir()}
     monkeypatch.undo()
+    assert (work / "verified.json").is_file()  # the shards hashed by the killed run
+    from workbench.store import ActivationStore
+
+    import os
+
+    touched = setup["store"].shard_dir(1) / "layer_1.npy"  # same bytes, a new modification time: hashed again
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1_000_000))
+    hashed: list[int] = []
+    verify = ActivationStore.verify_shard
+    monkeypatch.setattr(ActivationStore, "verify_shard",
+                        lambda self, i, **kw: (hashed.append(i), verify(self, i, **kw))[1])
     catalog = run(setup, tmp_path / "cat", stream=True, config=config)
+    monkeypatch.undo()
+    assert sorted(set(hashed)) == [1]  # files unchanged since the killed run hashed them are not hashed again
     info = catalog.summary["streamed"]
     assert {"association-sae", "association-neurons", "association-random", "verdicts"} <= set(info["resumed_stages"])
     assert not work.exists()
@@ -205,8 +218,14 @@ def test_cli_annotate_with_a_memory_budget(setup: dict[str, Any], tmp_path: Path
 
     info = workbench.Catalog.open(tmp_path / "cat").summary["streamed"]
     assert info["memory_budget_gib"] == 2.0 and info["null_memory_gib"] == 0.5
-    for extra, message in ((["--max-memory", "50K"], "too small for shard shard-00000"),
-                           (["--sample-tokens", "0"], "--sample-tokens must be positive")):
+    import torch
+
+    bad = [(["--max-memory", "50K"], "too small for shard shard-00000"),
+           (["--sample-tokens", "0"], "--sample-tokens must be positive"),
+           (["--device", "cuda"], "is for the streamed stage's encoding")]
+    if not torch.cuda.is_available():
+        bad.append((["--stream", "--device", "cuda"], "no CUDA GPU here"))
+    for extra, message in bad:
         assert main([*base, *extra, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and err.startswith("workbench: error:"), err

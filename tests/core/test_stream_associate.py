@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,17 @@ def test_code_cache_is_reused_only_for_the_same_sae(stream_case, tmp_path: Path)
     neurons = associate_streaming(store, labels, layer=1, code_cache=tmp_path / "unused")  # neurons need no cache
     same_tables(associate_store(store, labels, layer=1, n_permutations=0), neurons)
     assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_association_encodes_on_the_gpu(stream_case: Any) -> None:
+    from workbench.stream_associate import ShardFeatures, associate_streaming
+
+    store, labels, sae, _ = stream_case
+    cpu = associate_streaming(store, labels, layer=1, sae=sae)
+    gpu = associate_streaming(store, labels, layer=1, sae=sae, device="cuda")
+    assert next(sae.parameters()).device.type == "cpu"  # the caller's SAE stays where it was
+    np.testing.assert_allclose(gpu.best["test_f1"], cpu.best["test_f1"], atol=0.02)
+    features = ShardFeatures(store, 1, sae, device="cuda")
+    assert next(features.sae.parameters()).device.type == "cuda"
+    assert abs(features.shard(0) - ShardFeatures(store, 1, sae).shard(0)).max() < 1e-3
