@@ -13,13 +13,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench._extract import extract
     from workbench._pipeline import annotate
     from workbench.catalog import Catalog
+    from workbench.records import SequenceRecord
     from workbench.registry import get_card, list_models, load_adapter
     from workbench.store import ActivationStore, open_store
     from workbench._universality import Universality, universality, write_universality
 
 __all__ = [
     "__version__", "extract", "open_store", "ActivationStore", "load_adapter", "list_models", "get_card", "annotate", "Catalog",
-    "universality", "write_universality", "Universality",
+    "universality", "write_universality", "Universality", "SequenceRecord",
 ]
 
 _LAZY = {
@@ -34,6 +35,7 @@ _LAZY = {
     "universality": "workbench._universality",
     "write_universality": "workbench._universality",
     "Universality": "workbench._universality",
+    "SequenceRecord": "workbench.records",
 }
 
 

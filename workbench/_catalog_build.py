@@ -328,7 +328,7 @@ def check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise WorkbenchError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise WorkbenchError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+        raise WorkbenchError(f"{out} exists and is not empty (pass --overwrite or overwrite=True to replace it)")
 
 
 def publish(tmp: Path, out: Path) -> None:

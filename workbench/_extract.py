@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench._dist import Dist, local_device
+from workbench._io import remove_temps
 from workbench._shard_writer import HASHES_FILE, ShardFiles, ShardWriter, shard_hashes, to_host
 from workbench._version import __version__
 from workbench.errors import StoreError, WorkbenchError
@@ -252,6 +253,7 @@ def extract(
         work = out.with_name(out.name + ".partial")
         if dist.rank == 0:
             _prepare_workdir(work, plan)
+            remove_temps(work / "shards")  # half-written shards of a killed run (no rank writes yet)
         dist.barrier()
         if dist.rank != 0:
             _prepare_workdir(work, plan)  # verifies the plan rank 0 wrote
@@ -404,6 +406,8 @@ def _finish(
     (work / PLAN).unlink()
     for s in shards:  # the manifest now holds the shards' hashes
         (work / "shards" / s.name / HASHES_FILE).unlink(missing_ok=True)
+    for folder in (work / "shards", work):  # a finished store holds no temporary file of any run
+        remove_temps(folder)
     if out.exists() and overwrite:
         old = out.with_name(out.name + f".old-{os.getpid()}")
         os.replace(out, old)

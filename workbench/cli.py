@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("catalog", help="catalog folder (or catalog.h5ad)")
     exp.add_argument("--out", required=True, help="folder to create")
     exp.add_argument("--format", default="parquet,csv,json", help="comma-separated: parquet, csv, json")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
 
     app = sub.add_parser("app", help="explore a feature catalog in the browser (Streamlit)")
     app.add_argument("catalog", nargs="?", help="catalog folder (default: the demo's, built first when missing)")
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--catalog", help="catalog (of SAE A) to store the result in, under --key")
     un.add_argument("--key", help="name of the comparison in the catalog's uns['universality']")
     un.add_argument("--out", help="CSV file for the per-feature table")
+    un.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     un.add_argument("--no-progress", action="store_true")
 
     info = sub.add_parser("info", help="print a store's manifest summary")
@@ -266,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         bad = [f for f in formats if f not in ("parquet", "csv", "json")]
         if bad or not formats:
             raise WorkbenchError(f"unknown export format(s) {bad or formats}; use parquet, csv, json")
-        written = Catalog.open(args.catalog).export(args.out, formats=tuple(formats))
+        written = Catalog.open(args.catalog).export(args.out, formats=tuple(formats), overwrite=args.overwrite)
         print(f"wrote {len(written)} files under {args.out}")
         return 0
     if args.command == "info":
@@ -328,6 +330,8 @@ def _universality(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise WorkbenchError(f"{out.parent} is not a folder")
+    if out is not None and out.exists() and not args.overwrite:
+        raise WorkbenchError(f"{out} already exists (pass --overwrite to replace it)")
     result = universality(args.sae_a, args.store_a, args.sae_b, args.store_b, layer_a=args.layer_a, layer_b=args.layer_b,
                           on="common" if args.common else "same", n_tokens=args.tokens, threshold=args.threshold,
                           n_null=args.nulls, seed=args.seed, catalog_a=args.catalog, progress=not args.no_progress)
@@ -351,8 +355,10 @@ def _universality(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
+    """Serve a catalog until stopped: a busy port or a bad catalog fails first, with nothing printed (_app_launch)."""
     from pathlib import Path
 
+    from workbench._app_launch import check_port_free, run_app
     from workbench.catalog import Catalog
 
     if args.catalog is None:
@@ -360,6 +366,7 @@ def _app(args: argparse.Namespace) -> int:
         try:
             Catalog.open(path)
         except WorkbenchError:
+            check_port_free(args.port)  # before a demo build that would end on a busy port
             print(f"no demo catalog at {path}: building it first (workbench demo --out {args.demo_out})")
             _run(build_parser().parse_args(["demo", "--out", args.demo_out]))
     else:
@@ -369,12 +376,8 @@ def _app(args: argparse.Namespace) -> int:
         from apps.workbench_app import APP_SCRIPT
     except ImportError as exc:
         raise WorkbenchError(f"the app is not installed ({exc}); install the package with its 'app' extra") from None
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT), "--server.port", str(args.port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
-               "--", "--catalog", str(path.resolve())]
-    print(f"serving {path} on http://localhost:{args.port}", flush=True)
-    # Streamlit replaces this process (no child left behind): a stop signal sent to `workbench app` reaches the server.
-    os.execv(sys.executable, command)
+    # Streamlit runs as a child in its own process group; stop signals reach the group and no process outlives this.
+    return run_app(APP_SCRIPT, path, port=args.port)
 
 
 def _size(text: str) -> int:
@@ -480,17 +483,58 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(args: argparse.Namespace) -> list[str | None]:
+    """What the verb writes: checked for writability and locked before any work (see :mod:`workbench._io`)."""
+    if args.command in ("extract", "train", "annotate", "export", "demo"):
+        return [args.out]
+    if args.command == "sweep":
+        return [args.out, args.plot]
+    if args.command == "universality":  # the catalog folder is replaced as a whole (catalog.h5ad: its folder)
+        catalog = args.catalog
+        if catalog and os.path.isfile(catalog):
+            catalog = os.path.dirname(os.path.abspath(catalog))
+        return [args.out, catalog]
+    return []  # models, info: read only; app: serves (its demo build goes through `demo` when run on its own)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it is handled as Ctrl-C is (partial work kept for a resume)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; user errors end with one ``workbench: error:`` line and status 2, Ctrl-C with 130, SIGTERM 143."""
+    import signal
+
+    from workbench._io import writing
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    installed, previous = False, None
     try:
-        return _run(args)
+        previous, installed = signal.signal(signal.SIGTERM, _on_sigterm), True
+    except ValueError:  # not the main thread: leave the signals alone
+        pass
+    try:
+        with writing(_outputs(args)):
+            return _run(args)
     except WorkbenchError as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("workbench: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = " by SIGTERM" if isinstance(exc, _Terminated) else ""
+        print(f"workbench: {args.command} interrupted{how}; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    except OSError as exc:  # last resort: a system error the verb did not turn into a clear message
+        message = " ".join(str(exc).split())
+        print(f"workbench: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

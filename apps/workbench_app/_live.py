@@ -2,13 +2,13 @@
 
 The page hands over pasted or uploaded text; this module turns it into validated records with the model's adapter
 (through a temporary FASTA file the module writes itself, so the adapter's own reader and validator decide what
-is valid), runs the model up to the catalog's layer, encodes the tokens with the SAE and normalises every feature
-by the catalog's ``max_activation``, so a value of 1 means "as strong as the feature's strongest firing on the
-catalog's sequences" (live values may exceed 1).
+is valid) and adds the page's limits. Encoding itself is :meth:`workbench.catalog.Catalog.encode_sparse` (the
+model up to the catalog's layer, the SAE, every feature divided by the catalog's ``max_activation``, so a value of
+1 means "as strong as the feature's strongest firing on the catalog's sequences"; live values may exceed 1), which
+returns the :class:`LiveResult` (:class:`workbench.catalog.EncodedSequences`) the page draws.
 
-Everything here is domain-free: it talks to :class:`workbench.adapter.Adapter` (``read``, ``batches``,
-``activations``) and :class:`workbench.sae.SparseAutoencoder` (``encode_sparse``) only. Streamlit is imported
-inside the two cached loaders alone, so the encoding functions can be used and tested without a running app.
+Streamlit is imported inside the two cached loaders alone, so the other functions can be used and tested without a
+running app.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench._catalog_encode import encode_sources
+from workbench.catalog import EncodedSequences
 from workbench.errors import InputError, WorkbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import scipy.sparse as sp
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -38,8 +38,6 @@ __all__ = [
     "load_sae_cached",
     "to_fasta",
     "read_records",
-    "encode_records",
-    "encode_text",
     "top_features",
     "feature_track",
 ]
@@ -50,53 +48,18 @@ MAX_SEQUENCES = 20
 """Most records encoded at once."""
 MAX_RESIDUES = 20_000
 """Most residues (tokens) over all records; each record must also fit the model's own length limit."""
-TOKENS_PER_BATCH = 2048
-"""Padded tokens per forward pass (and per SAE encode), which bounds memory for wide SAEs."""
 
 
-@dataclass(frozen=True)
-class LiveResult:
-    """Normalised SAE codes of live input, one row per kept token."""
-
-    ids: list[str]
-    """Record ids, in input order."""
-    sequences: dict[str, str]
-    """Record id to its sequence (as the adapter validated it)."""
-    obs: pd.DataFrame
-    """One row per token: ``sequence_id``, ``position`` (1-based), ``residue``, in the row order of ``codes``."""
-    codes: sp.csr_matrix
-    """``(n_tokens, n_features)`` activations divided by the catalog's ``max_activation`` (0 = not firing)."""
-    feature_names: list[str]
-    """Feature ids (``f00000``...), the columns of ``codes``."""
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.codes.shape[0])
+LiveResult = EncodedSequences
+"""Normalised SAE codes of live input, one row per residue (:class:`workbench.catalog.EncodedSequences`)."""
 
 
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def live_sources(provenance: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """``(model_source, sae_path, problem)`` from a catalog's provenance; ``problem`` explains why live input is off.
-
-    Live input needs the model the catalog was built with (``model_source``, what :func:`workbench.load_adapter`
-    takes) and the SAE folder (``sae_path``) present on this machine.
-    """
-    model = provenance.get("model_source")
-    sae_path = provenance.get("sae_path")
-    model = str(model) if model else None
-    sae_path = str(sae_path) if sae_path else None
-    if not model:
-        return model, sae_path, ("this catalog does not record the model it was built with (provenance has no "
-                                 "model_source); rebuild it with `workbench annotate` to use live input")
-    if not sae_path:
-        return model, sae_path, ("this catalog does not record its SAE folder (provenance has no sae_path); "
-                                 "live input needs the SAE the catalog was built with")
-    if not (Path(sae_path) / "cfg.json").is_file():
-        return model, sae_path, (f"live input needs the SAE folder the catalog was built with ({sae_path}), "
-                                 "which is not on this machine")
-    return model, sae_path, None
+live_sources = encode_sources
+"""``(model_source, sae_path, problem)`` of a catalog's provenance; ``problem`` explains why live input is off
+(:func:`workbench._catalog_encode.encode_sources`, what :meth:`Catalog.encode` checks too)."""
 
 
 def load_model(source: str) -> Any:
@@ -179,75 +142,6 @@ def _clean_message(message: str, tmp: str) -> str:
     line = message.strip().splitlines()[0] if message.strip() else "invalid input"
     line = re.sub(r"\s*\(use --[a-z-]+[^)]*\)", "", line)  # command-line hints mean nothing in the app
     return line.replace(str(Path(tmp).resolve()), "input").replace(tmp, "input")
-
-
-# --------------------------------------------------------------------------------------------------- encoding
-
-
-def encode_records(
-    adapter: Any, sae: Any, records: list[Any], *, layer: int, max_activation: np.ndarray, feature_names: list[str]
-) -> LiveResult:
-    """Run ``records`` through the model to ``layer``, encode every token with ``sae`` and normalise.
-
-    ``max_activation`` is the catalog's per-feature maximum (``var["max_activation"]``, SAE units); features whose
-    maximum is 0 (dead in the catalog) keep their raw SAE value, so a live firing of a dead feature still shows.
-    Raises :class:`WorkbenchError` when the SAE does not fit the catalog (width) or the model (width, layer).
-    """
-    import pandas as pd
-    import scipy.sparse as sp
-    import torch
-
-    width = int(sae.cfg.width)
-    if width != len(feature_names) or len(max_activation) != width:
-        raise WorkbenchError(f"the SAE has {width} features but the catalog has {len(feature_names)}: not the SAE "
-                             "the catalog was built with")
-    if int(sae.cfg.d_in) != int(adapter.d_model):
-        raise WorkbenchError(f"the SAE reads {sae.cfg.d_in}-wide activations but the model's layers are "
-                             f"{adapter.d_model} wide: not the model the catalog was built with")
-    sae_layer = getattr(sae.cfg, "layer", None)
-    if sae_layer is not None and int(sae_layer) >= 0 and int(sae_layer) != int(layer):
-        raise WorkbenchError(f"the SAE was trained on layer {sae_layer} but the catalog describes layer {layer}")
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    obs_parts: list[pd.DataFrame] = []
-    offset = 0
-    for batch in adapter.batches(records, tokens_per_batch=TOKENS_PER_BATCH):
-        acts = adapter.activations(batch, [layer])
-        x = acts.layers[layer].float().cpu()
-        with torch.no_grad():
-            codes = sae.encode_sparse(x)
-        keep = codes.values > 0
-        rows.append((codes.rows[keep] + offset).numpy())
-        cols.append(codes.cols[keep].numpy())
-        vals.append(codes.values[keep].float().numpy())
-        obs_parts.append(acts.obs[["sequence_id", "position", "residue"]].reset_index(drop=True))
-        offset += int(x.shape[0])
-    columns = ["sequence_id", "position", "residue"]
-    obs = pd.concat(obs_parts, ignore_index=True) if obs_parts else pd.DataFrame(columns=columns)
-    scale = np.asarray(max_activation, dtype=np.float64)
-    scale = np.where(scale > 0, scale, 1.0)
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    v = np.concatenate(vals).astype(np.float64) if vals else np.zeros(0)
-    codes_csr = sp.csr_matrix(((v / scale[c]).astype(np.float32), (r, c)), shape=(offset, width))
-    codes_csr.sum_duplicates()
-    # batches are sorted by length: put the tokens back in input order (record, then position)
-    order_ids = [str(rec.id) for rec in records]
-    rank = {rid: i for i, rid in enumerate(order_ids)}
-    perm = np.lexsort((obs["position"].to_numpy(), obs["sequence_id"].astype(str).map(rank).to_numpy()))
-    obs = obs.iloc[perm].reset_index(drop=True)
-    obs["sequence_id"] = obs["sequence_id"].astype(str)
-    codes_csr = codes_csr[perm]
-    sequences = {rid: "".join(obs.loc[obs["sequence_id"] == rid, "residue"].astype(str)) for rid in order_ids}
-    return LiveResult(order_ids, sequences, obs, codes_csr.tocsr(), list(feature_names))
-
-
-def encode_text(adapter: Any, sae: Any, text: str, *, layer: int, max_activation: np.ndarray,
-                feature_names: list[str]) -> LiveResult:
-    """:func:`read_records` then :func:`encode_records`."""
-    records = read_records(adapter, text)
-    return encode_records(adapter, sae, records, layer=layer, max_activation=max_activation, feature_names=feature_names)
 
 
 # --------------------------------------------------------------------------------------------------- views

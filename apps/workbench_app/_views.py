@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench._catalog_encode import parse_positions
+from workbench._catalog_views import tokens_of
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import scipy.sparse
@@ -120,24 +123,6 @@ def activation_color(a: float) -> str:
     return f"rgba({_HOT[0]},{_HOT[1]},{_HOT[2]},{alpha:.2f})"
 
 
-def parse_positions(text: Any, n: int | None = None) -> list[int | None] | None:
-    """The IMGT position of every residue from an ``obs["imgt"]`` string (``"1,2,3,,5"``; empty = unnumbered).
-
-    Returns None when ``text`` is missing, holds no number at all, or (given ``n``) does not have ``n`` entries.
-    """
-    if is_missing(text):
-        return None
-    parts = str(text).split(",")
-    if n is not None and len(parts) != n:
-        return None
-    out: list[int | None] = []
-    for p in parts:
-        p = p.strip()
-        digits = p.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # tolerate insertion letters (111A)
-        out.append(int(digits) if digits.isdigit() else None)
-    return out if any(v is not None for v in out) else None
-
-
 def imgt_region(position: int | None) -> str | None:
     """The IMGT region (``FR1`` ... ``FR4``, ``CDR1`` ... ``CDR3``) of a position, None outside 1-128."""
     if position is None:
@@ -146,11 +131,6 @@ def imgt_region(position: int | None) -> str | None:
         if lo <= position <= hi:
             return name
     return None
-
-
-def tokens_of(sequence: str, separator: str = "") -> list[str]:
-    """The residues (tokens) of an ``obs["sequence"]`` string (``separator`` = ``provenance["sequence_separator"]``)."""
-    return sequence.split(separator) if separator else list(sequence)
 
 
 @dataclass

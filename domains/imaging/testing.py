@@ -28,8 +28,11 @@ def write_tiny_vision_card(folder: str | Path, *, widths: tuple[int, int, int] =
     if weights_format == "safetensors":
         from safetensors.torch import save_file
 
+        from workbench._io import set_output_mode
+
         weights = f"{name}.safetensors"
         save_file(model.state_dict(), str(folder / weights))
+        set_output_mode(folder / weights)
     elif weights_format == "pt":
         weights = f"{name}.pt"
         torch.save(model.state_dict(), folder / weights)

@@ -211,12 +211,14 @@ def _write_outputs(weights: Path, report: Path, state: Mapping[str, torch.Tensor
     """Write the weights and the JSON report under temporary names, then rename both."""
     from safetensors.torch import save_file
 
+    from workbench._io import set_output_mode
+
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp_w = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
     tmp_r = report.with_name(f".{report.name}.tmp{os.getpid()}")
     try:
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp_w), metadata=st_meta)
-        os.chmod(tmp_w, 0o644)  # safetensors creates the file owner-only
+        set_output_mode(tmp_w)  # safetensors creates the file owner-only
         tmp_r.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp_w, weights)
         os.replace(tmp_r, report)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from workbench.adapter import Adapter, Batch
 from workbench.errors import ModelError
+from workbench.records import as_records
 
 from .records import SequenceRecord, validate_records
 
@@ -84,6 +85,15 @@ class SequenceAdapter(Adapter):
         """Check records against this model's alphabet and maximum length (see :func:`validate_records`)."""
         return validate_records(records, alphabet=self.vocab.alphabet, max_length=self.card.max_length, truncate=truncate, source=source)
 
+    def _as_records(self, items: Sequence[Any]) -> Sequence[SequenceRecord]:
+        """``items`` as records (:func:`workbench.records.as_records`); converted strings and pairs are validated."""
+        if not isinstance(items, (str, list, tuple)):
+            items = list(items)  # a generator is read once
+        if not isinstance(items, str) and all(isinstance(r, SequenceRecord) for r in items):
+            return items
+        records, converted = as_records(items)
+        return self.validate(records) if converted else records
+
     def read(self, path: str, *, truncate: bool = False, **options: Any) -> list[SequenceRecord]:
         from .readers import read_sequences
 
@@ -93,8 +103,12 @@ class SequenceAdapter(Adapter):
         return len(record.sequence)
 
     # -- batching -------------------------------------------------------------------------------------------
-    def batches(self, records: Sequence[SequenceRecord], *, tokens_per_batch: int) -> Iterator[Batch]:
-        """Longest first, so each batch pads to its first record; at most ``tokens_per_batch`` padded tokens."""
+    def batches(self, records: Sequence[SequenceRecord | str | tuple[str, str]], *,
+                tokens_per_batch: int) -> Iterator[Batch]:
+        """Longest first, so each batch pads to its first record; at most ``tokens_per_batch`` padded tokens.
+
+        ``records`` are what :meth:`make_batch` takes (records, plain strings or ``(id, sequence)`` pairs)."""
+        records = self._as_records(records)
         order = sorted(range(len(records)), key=lambda i: -len(records[i].sequence))
         group: list[int] = []
         width = 0
@@ -108,11 +122,20 @@ class SequenceAdapter(Adapter):
         if group:
             yield self.make_batch([records[j] for j in group], index=group)
 
-    def make_batch(self, records: Sequence[SequenceRecord], *, index: Sequence[int] | None = None) -> Batch:
-        """Tokenise and pad records into one :class:`Batch` (the model's own token ids)."""
+    def make_batch(self, records: Sequence[SequenceRecord | str | tuple[str, str]], *,
+                   index: Sequence[int] | None = None) -> Batch:
+        """Tokenise and pad records into one :class:`Batch` (the model's own token ids).
+
+        Each record is a :class:`workbench.SequenceRecord` (``SequenceRecord(id, sequence, meta)``, what
+        :meth:`read` returns), a plain sequence string (its id becomes ``seq0``, ``seq1``, ... by position) or an
+        ``(id, sequence)`` pair; strings and pairs are checked against the model's alphabet and length limit
+        (:meth:`validate`). ``batch.obs`` has one row per residue: ``sequence_id``, ``position`` (1-based),
+        ``residue`` and the records' ``meta`` keys.
+        """
         import pandas as pd
         import torch
 
+        records = self._as_records(records)
         encoded = [self.vocab.encode(r.sequence) for r in records]
         width = max(len(e) for e in encoded)
         tokens = torch.full((len(encoded), width), self.vocab.pad, dtype=torch.long)

@@ -1,30 +1,16 @@
-"""Sequence records and their validation against a model's alphabet and length limit."""
+"""Sequence records and their validation against a model's alphabet and length limit.
+
+:class:`SequenceRecord` is the core's (:mod:`workbench.records`, ``workbench.SequenceRecord``), re-exported here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
 
 from workbench.errors import InputError
+from workbench.records import SequenceRecord
 
 __all__ = ["SequenceRecord", "validate_records"]
-
-
-@dataclass(frozen=True)
-class SequenceRecord:
-    """One biological sequence to run through a model.
-
-    ``meta`` holds per-sequence columns carried from the input (for example ``chain``); they are copied onto
-    every token row of the activation store.
-    """
-
-    id: str
-    sequence: str
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.sequence)
 
 
 def validate_records(

@@ -22,6 +22,7 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike[str], *, extra: d
     """Write ``sae.safetensors`` and ``cfg.json`` into ``folder`` (each to a temporary name, then renamed)."""
     from safetensors.torch import save_file
 
+    from workbench._io import set_output_mode
     from workbench.store import write_json_atomic
 
     folder = Path(folder)
@@ -29,6 +30,7 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike[str], *, extra: d
     tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
     tmp = folder / f".{SAE_WEIGHTS}.tmp-{os.getpid()}"
     save_file(tensors, str(tmp), metadata={"format": "workbench-sae", "arch": sae.cfg.arch})
+    set_output_mode(tmp)  # safetensors creates it owner-only; the other outputs follow the umask
     os.replace(tmp, folder / SAE_WEIGHTS)
     write_json_atomic(folder / SAE_CONFIG, {"sae": sae.cfg.to_dict(), **(extra or {})})
     return folder

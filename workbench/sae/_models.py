@@ -9,15 +9,22 @@ loss terms. Decoder rows are kept at unit norm by projection (:meth:`SparseAutoe
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._config import SAEConfig
 from ._sparse import selected_preacts, sparse_decode
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy.typing as npt
+
 __all__ = ["SparseAutoencoder", "SAEOutput", "SparseCodes"]
+
+ArrayLike = Union[torch.Tensor, "npt.ArrayLike"]
+"""What :meth:`SparseAutoencoder.encode` and friends take: a tensor, a numpy array or a (nested) list."""
 
 
 class SparseCodes(NamedTuple):
@@ -172,20 +179,31 @@ class SparseAutoencoder(nn.Module):
         return pre if scale is None else pre * scale
 
     # -- inference ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense non-negative codes ``(batch, width)`` of activations in model units (inference rule)."""
-        return self._select(self.pre_acts(self.normalize(x)), training=False).dense(self.cfg.width)
+    def as_input(self, x: ArrayLike) -> torch.Tensor:
+        """``x`` as a tensor this SAE reads: a tensor is returned as it is; a numpy array (what the activation store
+        returns, float16 included) or a nested list becomes a float32 tensor on the SAE's device."""
+        if isinstance(x, torch.Tensor):
+            return x
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.W_enc.device)
 
     @torch.no_grad()
-    def encode_sparse(self, x: torch.Tensor) -> SparseCodes:
-        """The active latents of activations in model units as (row, column, value) entries, never densified."""
-        return self._select(self.pre_acts(self.normalize(x)), training=False)
+    def encode(self, x: ArrayLike) -> torch.Tensor:
+        """Dense non-negative codes ``(batch, width)`` of activations ``(batch, d_in)`` in model units (inference
+        rule). ``x`` is a tensor, a numpy array or a list (:meth:`as_input`); the codes are a torch tensor on the
+        SAE's device (``.cpu().numpy()`` for numpy)."""
+        return self._select(self.pre_acts(self.normalize(self.as_input(x))), training=False).dense(self.cfg.width)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Model-unit reconstruction of dense codes."""
-        return self.denormalize(codes @ self._decoder() + self.b_dec)
+    def encode_sparse(self, x: ArrayLike) -> SparseCodes:
+        """The active latents of activations in model units as (row, column, value) entries, never densified
+        (``x`` as in :meth:`encode`; the entries are torch tensors)."""
+        return self._select(self.pre_acts(self.normalize(self.as_input(x))), training=False)
+
+    @torch.no_grad()
+    def decode(self, codes: ArrayLike) -> torch.Tensor:
+        """Model-unit reconstruction ``(batch, d_in)`` of dense codes ``(batch, width)`` (a tensor, a numpy array or a
+        list); returns a torch tensor."""
+        return self.denormalize(self.as_input(codes) @ self._decoder() + self.b_dec)
 
     def _select(self, pre: torch.Tensor, *, training: bool) -> SparseCodes:
         """Active entries by the architecture's rule (values not yet differentiable)."""
@@ -227,9 +245,10 @@ class SparseAutoencoder(nn.Module):
         return float(self.threshold)
 
     # -- training ------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, *, sparsity_scale: float | torch.Tensor = 1.0, dead: torch.Tensor | None = None,
+    def forward(self, x: ArrayLike, *, sparsity_scale: float | torch.Tensor = 1.0, dead: torch.Tensor | None = None,
                 aux_k: int = 0, aux_coeff: float = 0.0, kernels: str = "sparse", codes: bool = True) -> SAEOutput:
-        """Reconstruct ``x`` (model units) and compute the loss terms.
+        """Reconstruct ``x`` (model units; a tensor, or a numpy array or list as in :meth:`encode`) and compute the
+        loss terms (torch tensors).
 
         ``sparsity_scale`` ramps the L1 / L0 penalty during warm-up; ``dead`` (bool, ``(width,)``) marks the
         latents the AuxK loss may use, up to ``aux_k`` per token. ``kernels`` (TopK family): ``sparse`` decodes and
@@ -238,6 +257,7 @@ class SparseAutoencoder(nn.Module):
         listing the active entries (:attr:`SAEOutput.codes` is then None), so nothing waits for the device.
         """
         cfg = self.cfg
+        x = self.as_input(x)
         xn = self.normalize(x)
         if cfg.arch in ("relu", "jumprelu"):
             return self._forward_dense_activation(x, xn, sparsity_scale, codes)

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from workbench._dist import Dist, local_device
+from workbench._io import remove_temps, set_output_mode
 from workbench._version import __version__
 from workbench.adapter import autocast as precision_context
 from workbench.errors import StoreError, WorkbenchError
@@ -148,7 +149,7 @@ class _Run:
                  meta: dict[str, Any], device: str, dist: Dist) -> None:
         self.spec, self.cfg, self.meta, self.device = spec, cfg, meta, device
         self.out = Path(spec.out)
-        self.work = self.out.with_name(self.out.name + ".partial")
+        self.work = _work_folder(self.out)
         torch.manual_seed(train.seed)
         sae = SparseAutoencoder(cfg).to(device)
         if train.decoder_norm == "free":
@@ -307,6 +308,7 @@ def train_saes(
     if train.batch_size % dist.world_size:
         raise WorkbenchError(f"batch_size {train.batch_size} is not divisible by {dist.world_size} processes")
     local_batch = train.batch_size // dist.world_size
+    fresh = [w for w in (_work_folder(Path(spec.out)) for spec in runs) if not w.exists()]
     try:
         stats = input_statistics(store, layer, seed=train.seed, holdout_fraction=train.holdout_fraction)
         if stats.offset_ratio > OFFSET_WARNING and not all(cfg.normalize for cfg in cfgs):
@@ -361,6 +363,11 @@ def train_saes(
         results = []
         for r in active:
             results.append(_finish(r, store, layer, train, stats, dist, device, metrics, (step * train.batch_size - tokens0) / max(elapsed, 1e-9), len(active)))
+    except WorkbenchError:  # refused (too few tokens, diverged...): remove what this call created; a resume keeps its own
+        if dist.rank == 0:
+            for work in fresh:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         dist.close()
     return results
@@ -396,11 +403,17 @@ def _finish(r: _Run, store: ActivationStore, layer: int, train: TrainConfig, sta
         write_json_atomic(r.work / METRICS, result_metrics)
         for name in (CHECKPOINT, CHECKPOINT_STATE):
             (r.work / name).unlink(missing_ok=True)
+        remove_temps(r.work)  # a killed run's half-written checkpoint
         if r.out.exists():
             shutil.rmtree(r.out)
         os.replace(r.work, r.out)
     dist.barrier()
     return TrainResult(sae, result_metrics, r.out)
+
+
+def _work_folder(out: Path) -> Path:
+    """Where a run checkpoints while training: ``<out>.partial``, renamed to ``out`` when it is done."""
+    return out.with_name(out.name + ".partial")
 
 
 def _progress(total: int, start: int, enabled: bool, n_runs: int = 1) -> Any:
@@ -427,6 +440,7 @@ def _checkpoint(r: _Run, step: int) -> None:
     tensors["since_fired"] = r.since_fired.detach().cpu().clone()
     tmp = r.work / f".{CHECKPOINT}.tmp-{os.getpid()}"
     save_file(tensors, str(tmp))
+    set_output_mode(tmp)
     os.replace(tmp, r.work / CHECKPOINT)
     write_json_atomic(r.work / CHECKPOINT_STATE, {**r.meta, "step": step})
 

@@ -37,12 +37,10 @@ def _input_text(pasted: str, upload: Any) -> str:
 
 
 def _encode(cat: Any, model_source: str, sae_path: str, text: str) -> _live.LiveResult:
+    """The input's validated records encoded by :meth:`Catalog.encode_sparse` with the cached model and SAE."""
     adapter = _live.load_model(model_source)
     sae = _live.load_sae_cached(sae_path)
-    layer = int(cat.provenance.get("layer", getattr(sae.cfg, "layer", 0)))
-    feats = cat.features
-    return _live.encode_text(adapter, sae, text, layer=layer, max_activation=feats["max_activation"].to_numpy(),
-                             feature_names=[str(f) for f in feats.index])
+    return cat.encode_sparse(_live.read_records(adapter, text), adapter=adapter, sae=sae)
 
 
 def _show_result(cat: Any, result: _live.LiveResult) -> None:
