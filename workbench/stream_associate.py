@@ -110,6 +110,8 @@ def feature_maxima(store: ActivationStore, *, layer: int, sae: Any | None = None
     """Per-feature maximum activation over the store (SAE codes, or the neurons' positive part when ``sae`` is None);
     this rank's shards, all-reduced with max across ranks. ``cache``: a folder that keeps the codes for later passes."""
     dist = dist or Dist()
+    if cache is not None and sae is not None:  # codes of exactly this store, layer and SAE (see _claim_cache)
+        _claim_cache(cache, store, sae, layer, batch_size)
     n = sae.cfg.width if sae is not None else store.d_model
     maxima = np.zeros(n, dtype=np.float32)
     for i in range(dist.rank, len(store.shards), dist.world_size):
