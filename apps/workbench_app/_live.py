@@ -7,7 +7,12 @@ model up to the catalog's layer, the SAE, every feature divided by the catalog's
 1 means "as strong as the feature's strongest firing on the catalog's sequences"; live values may exceed 1), which
 returns the :class:`LiveResult` (:class:`workbench.catalog.EncodedSequences`) the page draws.
 
-Streamlit is imported inside the two cached loaders alone, so the other functions can be used and tested without a
+Antibody catalogs (those that number their sequences, ``obs["imgt"]``) number the live input too:
+:func:`imgt_numbering` runs ANARCI (IMGT scheme) on it, so the page draws the activation track on IMGT columns with
+the CDRs marked, as the feature browser does. ANARCI needs HMMER's ``hmmscan``; without it (or without ANARCI) the
+track keeps raw positions and the page says why in one line.
+
+Streamlit is imported inside the cached loaders alone, so the other functions can be used and tested without a
 running app.
 """
 
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -40,6 +46,10 @@ __all__ = [
     "read_records",
     "top_features",
     "feature_track",
+    "Numbered",
+    "hmmscan_path",
+    "imgt_numbering",
+    "cached_numbering",
 ]
 
 MAX_TEXT_CHARS = 100_000
@@ -198,3 +208,69 @@ def feature_track(result: LiveResult, feature: str, sequence_id: str) -> np.ndar
     mask = np.flatnonzero((result.obs["sequence_id"] == sequence_id).to_numpy())
     return np.asarray(result.codes[mask][:, j].todense()).ravel().astype(np.float64)
 
+
+
+# --------------------------------------------------------------------------------------------------- IMGT numbering
+
+
+class Numbered(NamedTuple):
+    """IMGT numbering of live input: per sequence the IMGT position of every residue (None outside the first
+    numbered domain), its germline genes, and a one-line note when numbering was not possible."""
+
+    positions: dict[str, list[int | None]]
+    genes: dict[str, dict[str, str | None]]
+    """``{sequence id: {"v_gene", "j_gene", "species", "chain_type"}}`` of the first domain."""
+    note: str | None
+
+
+def hmmscan_path() -> str | None:
+    """HMMER's ``hmmscan`` on the PATH (ANARCI needs it), or None."""
+    return shutil.which("hmmscan")
+
+
+def imgt_numbering(sequences: dict[str, str]) -> Numbered:
+    """IMGT positions of ``{id: sequence}`` by ANARCI (the first numbered domain of each sequence). Without
+    ``hmmscan`` or ANARCI the result is empty with a note; sequences ANARCI does not number are left out (the note
+    names how many)."""
+    if hmmscan_path() is None:
+        return Numbered({}, {}, "IMGT numbering needs HMMER's hmmscan (Debian: apt-get install hmmer), which is not "
+                                "installed: positions are raw residue numbers.")
+    try:
+        from domains.sequence.annotations.anarci import number_sequences
+
+        numbering = number_sequences(sequences, scheme="imgt", ncpu=1)
+    except (ImportError, WorkbenchError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Numbered({}, {}, f"IMGT numbering failed ({first}): positions are raw residue numbers.")
+    res = numbering.residues
+    res = res[res["domain"] == 0]
+    col = numbering.position_col
+    positions: dict[str, list[int | None]] = {}
+    for sid, part in res.groupby("sequence_id", sort=False):
+        n = len(sequences[str(sid)])
+        out: list[int | None] = [None] * n
+        for pos, imgt in zip(part["position"].to_numpy(), part[col].to_numpy()):
+            if 1 <= int(pos) <= n:
+                out[int(pos) - 1] = int(imgt)
+        positions[str(sid)] = out
+    genes: dict[str, dict[str, str | None]] = {}
+    for row in numbering.domains[numbering.domains["domain"] == 0].itertuples(index=False):
+        genes[str(row.sequence_id)] = {"v_gene": row.v_gene, "j_gene": row.j_gene,
+                                       "species": row.v_species or row.species, "chain_type": row.chain_type}
+    missing = [sid for sid in sequences if sid not in positions]
+    note = None
+    if missing:
+        note = (f"ANARCI numbered no antibody domain in {len(missing)} of {len(sequences)} sequence(s) "
+                f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): raw positions there.")
+    return Numbered(positions, genes, note)
+
+
+def cached_numbering(sequences: dict[str, str]) -> Numbered:
+    """:func:`imgt_numbering`, cached per input (``st.cache_data``)."""
+    import streamlit as st
+
+    @st.cache_data(show_spinner="Numbering the input with ANARCI (IMGT) ...", max_entries=64)
+    def _number(items: tuple[tuple[str, str], ...]) -> Numbered:
+        return imgt_numbering(dict(items))
+
+    return _number(tuple(sorted((str(k), str(v)) for k, v in sequences.items())))

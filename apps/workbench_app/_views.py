@@ -7,9 +7,10 @@ positions (:func:`parse_positions`, :func:`imgt_region`, :data:`IMGT_REGIONS`), 
 
 Streamlit helpers: :func:`feature_maxima` (a feature's per-sequence maxima, the catalog's ``X`` column, read
 lazily and cached), :func:`cached_feature`, :func:`cached_neighbors`, :func:`cached_search`, :func:`feature_labels`,
-:func:`example_rows` and :func:`open_feature` (select a feature and go to the feature browser). Cached functions
-are keyed on the catalog file path (``str(cat.path)``) and the feature id, so they stay valid across reruns and
-sessions of one server process and never mix two catalogs.
+:func:`example_rows`, :func:`open_feature` (select a feature and go to the feature browser) and
+:func:`csv_download` / :func:`table_downloads` (CSV and Parquet buttons under a table); :func:`distinct_palette`
+gives category colours. Cached functions are keyed on the catalog file path (``str(cat.path)``) and the feature id,
+so they stay valid across reruns and sessions of one server process and never mix two catalogs.
 
 The signatures here are stable: other pages import them.
 """
@@ -37,7 +38,8 @@ __all__ = [
     "IMGT_REGIONS", "CDR_COLOURS", "FEATURES_PAGE", "ResidueRow", "fmt_num", "fmt_q", "fmt_pct", "is_missing", "md_escape",
     "activation_color", "parse_positions", "imgt_region", "tokens_of", "residues_html", "examples_html",
     "legend_html", "feature_maxima", "cached_feature", "cached_neighbors", "cached_search", "feature_labels",
-    "example_rows", "open_feature", "resolve_feature",
+    "example_rows", "open_feature", "resolve_feature", "csv_download", "table_downloads", "distinct_palette",
+    "asked_feature", "obs_matrix",
 ]
 
 FEATURES_PAGE = "app_pages/features.py"
@@ -484,8 +486,62 @@ def asked_feature(cat: Catalog) -> str | None:
 
 
 def csv_download(frame: pd.DataFrame, *, name: str, key: str) -> None:
-    """A download button for ``frame`` as ``<name>.csv`` (the rows shown, as they are)."""
+    """Download buttons for ``frame`` (the rows shown, as they are), side by side: ``<name>.csv`` (key
+    ``<key>_csv``) and ``<name>.parquet`` (key ``<key>_parquet``, written only when clicked). Downloading does not
+    rerun the page."""
     import streamlit as st
 
-    st.download_button(f"Download {len(frame):,} rows (CSV)", frame.to_csv(index=False).encode("utf-8"),
-                       file_name=f"{name}.csv", mime="text/csv", key=f"{key}_csv", icon=":material/download:")
+    with st.container(horizontal=True, gap="small"):
+        st.download_button(f"Download {len(frame):,} rows (CSV)", frame.to_csv(index=False).encode("utf-8"),
+                           file_name=f"{name}.csv", mime="text/csv", key=f"{key}_csv", icon=":material/download:",
+                           on_click="ignore")
+        st.download_button("Parquet", _parquet_bytes(frame), file_name=f"{name}.parquet",
+                           mime="application/vnd.apache.parquet", key=f"{key}_parquet", icon=":material/download:",
+                           on_click="ignore", help="The same rows as a Parquet file (column types kept)")
+
+
+table_downloads = csv_download
+"""CSV and Parquet downloads of a table (:func:`csv_download`); every table of the app has them."""
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> Any:
+    """A callable writing ``frame`` as Parquet bytes (Streamlit calls it when the button is clicked); columns of
+    mixed objects are written as text."""
+    snapshot = frame.copy()
+
+    def make() -> bytes:
+        import io
+
+        out = snapshot.copy()
+        for col in out.columns:
+            if out[col].dtype == object:
+                out[col] = [None if is_missing(v) else str(v) for v in out[col]]
+        out.columns = [str(c) for c in out.columns]
+        buf = io.BytesIO()
+        out.to_parquet(buf, index=False)
+        return buf.getvalue()
+
+    return make
+
+
+def distinct_palette(n: int) -> list[str]:
+    """``n`` distinct colours for categories, none repeated: Tableau 10, then Kelly's colours of maximum contrast,
+    then hues spread by the golden angle at alternating lightness (grey is left out; it marks "none")."""
+    import colorsys
+
+    base = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+            "#f3c300", "#875692", "#f38400", "#a1caf1", "#be0032", "#c2b280", "#008856", "#e68fac", "#0067a5",
+            "#f99379", "#604e97", "#f6a600", "#b3446c", "#dcd300", "#882d17", "#8db600", "#654522", "#e25822",
+            "#2b3d26"]
+    out = list(dict.fromkeys(base))[: max(0, n)]
+    i = 0
+    while len(out) < n:
+        hue = (i * 0.618033988749895) % 1.0
+        light = (0.35, 0.55, 0.7)[i % 3]
+        sat = (0.75, 0.6)[(i // 3) % 2]
+        r, g, b = colorsys.hls_to_rgb(hue, light, sat)
+        colour = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+        if colour not in out:
+            out.append(colour)
+        i += 1
+    return out

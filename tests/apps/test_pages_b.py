@@ -76,7 +76,9 @@ def test_page_renders(page: str, which: str, request: pytest.FixtureRequest, mon
             expected += [seq["target"].nunique(), len(seq)]
             tables.append("sequence_findings")
         assert [d.value.shape[0] for d in at.dataframe] == expected
-        assert len(at.download_button) == len(tables)
+        assert len(at.download_button) == 2 * len(tables)  # CSV and Parquet
+        assert [b.key for b in at.download_button][1::2] == [k.removesuffix("_csv") + "_parquet"
+                                                             for k in [b.key for b in at.download_button][::2]]
     elif page == "atlas":
         (chart,) = at.get("vega_lite_chart")
         live = np.isfinite(cat.umap).all(axis=1)
@@ -131,7 +133,10 @@ def test_discovery_downloads_the_filtered_rows_as_csv(tiny_catalog: Path, monkey
     monkeypatch.setattr(st, "download_button", spy)
     table = _shown_missing(Catalog.open(tiny_catalog))
     at = _open(monkeypatch, tiny_catalog, "discovery")
-    assert set(sent) == {"missing_annotations.csv", "rediscovery.csv"}
+    assert set(sent) == {"missing_annotations.csv", "rediscovery.csv", "missing_annotations.parquet",
+                         "rediscovery.parquet"}
+    parquet = pd.read_parquet(io.BytesIO(sent["missing_annotations.parquet"]()))  # written when clicked
+    assert list(parquet.columns) == list(table.columns) and len(parquet) == len(table)
     assert at.download_button[0].label == f"Download {len(table)} rows (CSV)"
     full = pd.read_csv(io.BytesIO(sent["missing_annotations.csv"]))
     assert list(full.columns) == list(table.columns) and len(full) == len(table)
@@ -170,16 +175,28 @@ def test_atlas_colouring_and_filter(tiny_catalog: Path, monkeypatch: pytest.Monk
     cat = Catalog.open(tiny_catalog)
     at = _open(monkeypatch, tiny_catalog, "atlas")
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
-    assert spec["encoding"]["color"]["field"] == "group"
+    assert spec["encoding"]["color"]["field"] == "concept"
     assert {p["name"] for p in spec["params"]} >= {"pick"}
+    # by default each feature takes its best concept of the most specific group (not the coarse top-concept group)
+    groups = at.selectbox(key="atlas_group")
+    assert groups.value == "region" and groups.options[-1] == "(group of the top concept)"
+    pairs = cat.table("association").astype({"feature": str, "concept": str})
+    pairs = pairs[pairs["concept"].str.startswith(groups.value + "=") & (pairs["test_f1"] >= 0.2)
+                  & (pairs["q_value"] <= 0.05)]
+    best = pairs.sort_values("test_f1", ascending=False, kind="stable").drop_duplicates("feature")
+    best = best.set_index("feature")["concept"].str.split("=", n=1).str[1]
+    rows = chart_rows(at.get("vega_lite_chart")[0]).set_index("feature")
+    assert (rows["concept"] == best.reindex(rows.index).fillna("none")).all()
+    # the old colouring: the group of the top concept
+    groups.select("(group of the top concept)").run()
     rows = chart_rows(at.get("vega_lite_chart")[0]).set_index("feature")
     top = cat.features["top_concept"].astype(object)
     expected = top.map(lambda t: "unexplained" if pd.isna(t) else str(t).split("=")[0])
-    assert (rows["group"] == expected.reindex(rows.index)).all()
+    assert (rows["concept"] == expected.reindex(rows.index)).all()
 
     at.radio(key="atlas_colour").set_value("Family").run()
     chart = at.get("vega_lite_chart")[0]
-    assert json.loads(chart.proto.spec)["encoding"]["color"]["field"] == "family"
+    assert json.loads(chart.proto.spec)["encoding"]["color"]["field"] == "family_name"
     rows = chart_rows(chart).set_index("feature")
     assert (rows["family"] == cat.features["family"].astype(str).reindex(rows.index)).all()
 

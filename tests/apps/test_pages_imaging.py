@@ -263,9 +263,10 @@ def test_feature_browser_draws_image_overlays(imaging_catalog: Path, tiny_catalo
     assert sorted(c.split(" · ")[0] for c in rest) == sorted(e.sequence_id for e in examples if e.kind != "top")
     assert all("max " in c for c in top + rest) and all(" · q" in c for c in rest)
     assert not any('class="wbx"' in str(h.value) for h in at.get("html"))  # no residue strings for images
-    # sequence catalogs keep their residues
+    # sequence catalogs keep their residues (their only image: the sequence logo)
     at = _open(monkeypatch, tiny_catalog, "features")
-    assert not at.image and any('class="wbx"' in str(h.value) for h in at.get("html"))
+    assert [i.proto.imgs[0].caption.startswith("Top ") for i in at.image] == [True]
+    assert any('class="wbx"' in str(h.value) for h in at.get("html"))
 
 
 def test_overview_shows_the_imaging_block(imaging_catalog: Path, tiny_catalog: Path,

@@ -3,6 +3,10 @@ features that capture it best, against the best neuron and the best random-contr
 
 The concept shown is a new ``?concept=region%3DCDR3`` query parameter, else the last one picked in this session, else
 the first concept of the ``region`` group (or of the first group).
+
+Below the tables (each with CSV / Parquet downloads): a sequence logo of the top windows of the concept's best
+features (pooled, or one feature at a time), and links out to IMGT / InterPro / QuickGO where the concept names
+something those databases hold (plain links for the browser).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import altair as alt
 import numpy as np
 import streamlit as st
 
+from apps.workbench_app import _links as links
+from apps.workbench_app import _logos as logos
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog
 from workbench.errors import WorkbenchError
@@ -215,6 +221,7 @@ def _comparison(cat: Any, concept: str, rows: Any, controls: list[dict[str, Any]
         for col in ("q_value", "null_p", "null_q", "q_cmh"):
             if col in table:
                 table[col] = [views.fmt_q(q) for q in table[col]]
+        raw = pd.DataFrame(controls)
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
                                     "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
@@ -235,6 +242,7 @@ def _comparison(cat: Any, concept: str, rows: Any, controls: list[dict[str, Any]
                                     "beyond_feature": st.column_config.TextColumn(
                                         "best surviving unit", help="Best unit whose pair survives the stratification"),
                                     "beyond_test_f1": st.column_config.NumberColumn("F1 beyond", format="%.3f")})
+        views.table_downloads(raw, name=f"{_file_name(concept)}_controls", key="_cx_dl_controls")
     if len(rows):
         shown = rows.head(int(st.session_state.get(W_LIMIT, 20)))
         bars = alt.Chart(shown[["feature", "test_f1"]]).mark_bar(color="#d62728").encode(
@@ -289,6 +297,8 @@ def _best_features(rows: Any) -> None:
                      "q_cmh": st.column_config.TextColumn("q (CMH)"),
                      "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
                  })
+    views.table_downloads(rows.head(limit)[cols], name=f"{_file_name(str(rows['concept'].iloc[0]))}_features",
+                          key="_cx_dl_features")
     st.caption("F1 = precision x domain-level recall on the test half of the sequences; recall is token-level. Each "
                "(feature, concept) pair is reported at its threshold chosen on the validation half among 0, 0.15, 0.5, "
                "0.6 and 0.8 of the feature's max; the curves below show every threshold for the best features.")
@@ -297,6 +307,37 @@ def _best_features(rows: Any) -> None:
     for i, fid in enumerate(rows["feature"].head(10)):
         if buttons[i % 5].button(f"open {fid}", key=f"_cx_open_{fid}", width="stretch"):
             views.open_feature(str(fid))
+
+
+def _file_name(concept: str) -> str:
+    """A file name for a concept's tables (``region=CDR3`` -> ``region_CDR3``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", concept).strip("_") or "concept"
+
+
+POOLED = "best features pooled"
+
+
+def _logo(cat: Any, concept: str, rows: Any) -> None:
+    """Sequence logo of the top windows of the concept's best features (pooled, or one at a time)."""
+    from apps.workbench_app._images import is_image_catalog
+
+    if not len(rows) or is_image_catalog(cat):
+        return
+    best = [str(f) for f in rows["feature"].head(5)]
+    st.subheader("Sequence logo of its best features")
+    choice = st.selectbox("Logo of", [POOLED, *best], key="_cx_logo_of",
+                          format_func=lambda f: f"the best {len(best)} features pooled" if f == POOLED else f)
+    features = best if choice == POOLED or choice not in best else [choice]
+    made = logos.cached_logo(cat, features)
+    if made is None:
+        st.info("These features have no top examples to draw a logo from.")
+        return
+    png, kind, n = made
+    where = "IMGT positions (insertions as .1, .2)" if kind == "imgt" else "offsets from the strongest residue"
+    st.image(png, caption=f"{n} top windows of {', '.join(features)} ({logos.HALF} residues either side of the "
+                          f"strongest one), by {where}; letter height in bits, the most common peak shaded.")
 
 
 def _threshold_curves(cat: Any, concept: str) -> None:
@@ -315,6 +356,7 @@ def _threshold_curves(cat: Any, concept: str) -> None:
         color=alt.Color("feature:N"), tooltip=["feature", "threshold", "precision", "recall", "domain_recall", "f1"],
     )
     st.altair_chart(chart, width="stretch")
+    views.table_downloads(curves, name=f"{_file_name(concept)}_thresholds", key="_cx_dl_curves")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -332,6 +374,9 @@ def main() -> None:
         return
     concept = _pickers(concepts, _current(concepts))
     st.header(concept)
+    out = links.concept_links(concept)
+    if out:
+        st.markdown(f"In public databases: {links.md_links(out)}")
     _finding_line(cat, concept)
     rows = _rows(cat, concept) if "association" in cat.tables else None
     if rows is None:
@@ -339,6 +384,7 @@ def main() -> None:
         return
     _comparison(cat, concept, rows, _controls(cat, concept))
     _best_features(rows)
+    _logo(cat, concept, rows)
     _threshold_curves(cat, concept)
 
 

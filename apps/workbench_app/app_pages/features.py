@@ -4,6 +4,12 @@ The feature shown is, in order: a new ``?feature=f00042`` query parameter (links
 pages selected (``st.session_state["feature"]``), else the first feature that fires. The query parameter is kept in
 step with the feature shown, so the address bar always bookmarks the current feature.
 
+Searching opens the first hit at once (a new query selects it); every search result is a clickable row (selecting
+it opens that feature), and the selectbox lists the results too. The page also draws a sequence logo of the
+feature's top windows on IMGT positions, links the top sequences and the top concept out to public databases
+(Thera-SAbDab, UniProt, IMGT; plain links for the browser), offers CSV / Parquet downloads of every table and a
+button that compares the feature with another one (the Compare features page).
+
 Catalogs with description scores (:mod:`workbench.description_scores`: ``description_corr`` and friends in the
 feature table) add a "description correlation >=" filter: above 0 it keeps, in the list and the search results, the
 features whose description predicts their held-out activations at least that well, and lists them in a table.
@@ -12,12 +18,16 @@ Catalogs without the scores show no filter.
 
 from __future__ import annotations
 
+import functools
+import zlib
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
 from apps.workbench_app import _images as images
+from apps.workbench_app import _links as links
+from apps.workbench_app import _logos as logos
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog, select_feature
 from workbench.errors import WorkbenchError
@@ -29,6 +39,8 @@ PICK_HITS = "_fb_pick_hits"
 QUERY = "_fb_query"
 ALIGN = "_fb_align"
 MIN_CORR = "_fb_min_corr"
+HIT_IDS = "_fb_hit_ids"
+COMPARE_PAGE = "app_pages/compare.py"
 _SCORE_COLUMNS = ["description_corr", "description_spearman", "description_detection", "description_f1"]
 _SCORE_CONFIG = {
     "description_corr": ("description r", "Pearson correlation of the activation the description predicts with the "
@@ -97,13 +109,50 @@ def _scores(cat: Any) -> Any:
     return var[[c for c in _SCORE_COLUMNS if c in var.columns]]
 
 
+def _hits(cat: Any, query: str, min_corr: float | None) -> Any:
+    """The search results of ``query`` (:meth:`Catalog.search`, best first), filtered by the description score."""
+    hits = views.cached_search(cat, query, limit=50)
+    if min_corr is not None:
+        hits = hits.join(_scores(cat), on="feature")
+        hits = hits[hits["description_corr"].to_numpy(dtype=np.float64) >= min_corr].reset_index(drop=True)
+    elif "description_corr" in cat.features.columns:
+        hits = hits.join(_scores(cat)[["description_corr"]], on="feature")
+    return hits
+
+
+def _on_query() -> None:
+    """A new search opens its first hit (widget callback: runs before the page, so the page shows that hit)."""
+    query = str(st.session_state.get(QUERY) or "").strip()
+    if not query:
+        return
+    cat = get_catalog()
+    value = st.session_state.get(MIN_CORR)
+    min_corr = float(value) if value and "description_corr" in cat.features.columns else None
+    hits = _hits(cat, query, min_corr)
+    if len(hits):
+        select_feature(str(hits["feature"].iloc[0]))
+
+
+def _on_result(key: str) -> None:
+    """A clicked search-result row opens its feature."""
+    event = st.session_state.get(key)
+    try:
+        rows = list(event["selection"]["rows"])
+    except (KeyError, TypeError):
+        rows = []
+    ids = st.session_state.get(HIT_IDS) or []
+    if rows and 0 <= int(rows[0]) < len(ids):
+        select_feature(str(ids[int(rows[0])]))
+
+
 def _pick(cat: Any, fid: str) -> None:
-    """Search box, description-score filter, results table and the feature selectbox."""
+    """Search box, description-score filter, results table (rows clickable) and the feature selectbox."""
     labels = views.feature_labels(cat)
     left, right = st.columns([2, 3])
-    query = left.text_input("Search features", key=QUERY, placeholder="id (f00042, 42), concept (CDR3) or description words",
+    query = left.text_input("Search features", key=QUERY, on_change=_on_query,
+                            placeholder="id (f00042, 42), concept (CDR3) or description words",
                             help="A feature id or number, part of a concept name (ranked by test F1), or words that all "
-                                 "occur in the description.")
+                                 "occur in the description. Enter opens the first hit; click a result to open it.")
     query = (query or "").strip()
     min_corr = _min_corr(cat, left)
     if not query and min_corr is None:
@@ -114,13 +163,7 @@ def _pick(cat: Any, fid: str) -> None:
     if not query:
         _filtered(cat, fid, min_corr, right)
         return
-    hits = views.cached_search(cat, query, limit=50)
-    if min_corr is not None:
-        scores = _scores(cat)
-        hits = hits.join(scores, on="feature")
-        hits = hits[hits["description_corr"].to_numpy(dtype=np.float64) >= min_corr].reset_index(drop=True)
-    elif "description_corr" in cat.features.columns:
-        hits = hits.join(_scores(cat)[["description_corr"]], on="feature")
+    hits = _hits(cat, query, min_corr)
     if hits.empty:
         right.selectbox("Feature (search results)", [], key=PICK_HITS, placeholder="no match")
         st.info(f"No feature matches {query!r}.")
@@ -130,10 +173,16 @@ def _pick(cat: Any, fid: str) -> None:
     right.selectbox(f"Feature ({len(options)} search result{'s' if len(options) != 1 else ''})", options, key=PICK_HITS,
                     format_func=lambda f: labels.get(f, f), on_change=_on_pick, args=(PICK_HITS,),
                     placeholder="pick a result")
-    with st.expander(f"Search results for {query!r}", expanded=True):
-        st.dataframe(hits, hide_index=True, width="stretch",
-                     column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
+    st.session_state[HIT_IDS] = options
+    key = f"_fb_hits_{zlib.crc32(f'{query}|{min_corr}'.encode()):08x}"  # a new search starts with no row selected
+    with st.expander(f"Search results for {query!r} (click a row to open it)", expanded=True):
+        st.dataframe(hits, hide_index=True, width="stretch", key=key, on_select=functools.partial(_on_result, key),
+                     selection_mode="single-row",
+                     column_config={"feature": st.column_config.TextColumn("feature", pinned=True),
+                                    "test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
+                                    "description": st.column_config.TextColumn("description", width="large"),
                                     **_score_config()})
+        views.table_downloads(hits, name="search_results", key="_fb_dl_hits")
 
 
 def _filtered(cat: Any, fid: str, min_corr: float, right: Any) -> None:
@@ -160,6 +209,7 @@ def _filtered(cat: Any, fid: str, min_corr: float, right: Any) -> None:
     with st.expander(f"Features whose description predicts held-out activations (r ≥ {min_corr:.2f}): "
                      f"{len(options)} of {len(var)}", expanded=True):
         st.dataframe(table, hide_index=True, width="stretch", column_config=_score_config())
+        views.table_downloads(table, name="features_by_description_score", key="_fb_dl_filtered")
 
 
 def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
@@ -184,9 +234,11 @@ def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
     if views.is_missing(top):
         st.markdown("**Top concept:** none (overlaps no labelled concept)")
     else:
+        out = links.concept_links(str(top))
         st.markdown(f"**Top concept:** `{top}` — test F1 {views.fmt_num(info.get('top_f1'))}, precision "
                     f"{views.fmt_num(info.get('top_precision'))}, q {views.md_escape(views.fmt_q(info.get('top_q')))}, "
-                    f"threshold {views.fmt_num(info.get('top_threshold'))} of its max")
+                    f"threshold {views.fmt_num(info.get('top_threshold'))} of its max"
+                    + (f" ({links.md_links(out)})" if out else ""))
     cols = st.columns(6)
     cols[0].metric("Density", views.fmt_pct(info.get("density"), digits=3), help="Fraction of the analysed tokens it fires on")
     cols[1].metric("Max activation", views.fmt_num(info.get("max_activation")),
@@ -223,7 +275,22 @@ def _histogram(cat: Any, fid: str) -> None:
 
 
 _ASSOC_COLUMNS = ["concept", "test_f1", "test_precision", "test_recall", "test_domain_recall", "threshold", "q_value",
-                  "val_f1", "tp", "n_active", "n_labelled"]
+                  "val_f1"]
+# Column labels and widths of the association table: it spans the page and its eight columns fit in 730 px, so nothing
+# is cut off on the right (the token counts tp / n_active / n_labelled are in the downloads).
+_ASSOC_CONFIG = {
+    "concept": st.column_config.TextColumn("concept", width="medium", pinned=True),
+    "test_f1": st.column_config.NumberColumn("test F1", format="%.3f", width="small"),
+    "test_precision": st.column_config.NumberColumn("precision", format="%.3f", width="small"),
+    "test_recall": st.column_config.NumberColumn("recall", format="%.3f", width="small",
+                                                 help="Token-level recall on the test half"),
+    "test_domain_recall": st.column_config.NumberColumn("dom. recall", format="%.3f", width="small",
+                                                        help="Domain-level recall on the test half"),
+    "threshold": st.column_config.NumberColumn("threshold", format="%.2f", width="small",
+                                               help="Fraction of the feature's max, chosen on the validation half"),
+    "q_value": st.column_config.TextColumn("q", width="small"),
+    "val_f1": st.column_config.NumberColumn("val F1", format="%.3f", width="small"),
+}
 
 
 def _associations(cat: Any, fid: str, info: dict[str, Any]) -> None:
@@ -239,17 +306,12 @@ def _associations(cat: Any, fid: str, info: dict[str, Any]) -> None:
         shown = pairs[cols].copy()
         if "q_value" in shown:
             shown["q_value"] = [views.fmt_q(q) for q in shown["q_value"]]
-        st.dataframe(shown, hide_index=True, width="stretch", height=min(36 + 35 * len(pairs), 300),
-                     column_config={
-                         "test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
-                         "test_precision": st.column_config.NumberColumn("precision", format="%.3f"),
-                         "test_recall": st.column_config.NumberColumn("recall", format="%.3f"),
-                         "test_domain_recall": st.column_config.NumberColumn("domain recall", format="%.3f"),
-                         "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
-                         "q_value": st.column_config.TextColumn("q"),
-                     })
+        st.dataframe(shown, hide_index=True, width="stretch", height=min(38 + 35 * len(pairs), 300),
+                     column_config=_ASSOC_CONFIG)
+        views.table_downloads(pairs, name=f"{fid}_associations", key="_fb_dl_assoc")
         st.caption("One row per concept at the pair's chosen threshold (fraction of the feature's max, picked on the "
-                   "validation half); F1 = precision x domain-level recall on the test half.")
+                   "validation half); F1 = precision x domain-level recall on the test half. The downloads add the "
+                   "token counts (tp, firing, labelled) and p-values.")
     top = info.get("top_concept")
     if views.is_missing(top):
         return
@@ -271,11 +333,14 @@ def _associations(cat: Any, fid: str, info: dict[str, Any]) -> None:
 
     st.markdown(f"**Controls for its top concept** `{top}`")
     controls = pd.DataFrame(rows)
+    raw = controls.copy()
     controls["q_value"] = [views.fmt_q(q) for q in controls["q_value"]]
     st.dataframe(controls, hide_index=True, width="stretch",
                  column_config={"test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
                                 "val_f1": st.column_config.NumberColumn("val F1", format="%.3f"),
+                                "threshold": st.column_config.NumberColumn(format="%.2f"),
                                 "q_value": st.column_config.TextColumn("q")})
+    views.table_downloads(raw, name=f"{fid}_controls", key="_fb_dl_controls")
     missing = [n for t, n in (("best_neurons", "neurons"), ("best_random", "random-weight control")) if t not in cat.tables]
     if missing:
         st.caption(f"Not run for this catalog: {', '.join(missing)}. Best units are chosen on validation F1.")
@@ -312,10 +377,42 @@ def _examples(cat: Any, fid: str) -> None:
                   reverse=True)
     st.markdown(f"**Top-activating sequences** ({len(top)})")
     st.html(views.examples_html(top, align=bool(align)))
+    _sequence_links(cat, [r.extra["sequence_id"] for r in top])
     if rest:
         st.markdown(f"**Sequences from the activation quantiles** ({len(rest)}: bins of the per-sequence maxima over the "
                     "sequences it fires in, highest bin first)")
         st.html(views.examples_html(rest, align=bool(align)))
+
+
+def _sequence_links(cat: Any, sequence_ids: list[str]) -> None:
+    """Links of the top sequences to public databases (Thera-SAbDab, UniProt), where the catalog has identifiers."""
+    obs = cat.sequences
+    thera = links.is_therasabdab(obs)
+    lines = []
+    for sid in dict.fromkeys(sequence_ids):
+        row = obs.loc[sid] if sid in obs.index else None
+        found = links.sequence_links(sid, row, therasabdab=thera)
+        if found:
+            lines.append(f"- {views.md_escape(sid)}: {links.md_links(found)}")
+    if lines:
+        with st.expander(f"Top sequences in public databases ({len(lines)})"):
+            st.markdown("\n".join(lines))
+
+
+def _logo(cat: Any, fid: str) -> None:
+    """Sequence logo of the feature's top windows (IMGT columns when the catalog numbers its sequences)."""
+    st.subheader("Sequence logo")
+    if images.is_image_catalog(cat):
+        st.caption("Image catalog: no sequence logo.")
+        return
+    made = logos.cached_logo(cat, [fid])
+    if made is None:
+        st.info("No top examples to draw a logo from.")
+        return
+    png, kind, n = made
+    where = "IMGT positions (insertions as .1, .2)" if kind == "imgt" else "offsets from the strongest residue"
+    st.image(png, caption=f"Top {n} windows of {fid} ({logos.HALF} residues either side of the strongest one), "
+                          f"by {where}; letter height in bits, the most common peak shaded.")
 
 
 def _probe(cat: Any, fid: str, info: dict[str, Any]) -> None:
@@ -334,6 +431,7 @@ def _probe(cat: Any, fid: str, info: dict[str, Any]) -> None:
         if len(rows):
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=min(36 + 35 * len(rows), 250),
                          column_config={"weight": st.column_config.NumberColumn(format="%.3f")})
+            views.table_downloads(pd.DataFrame(rows), name=f"{fid}_probe_weights", key="_fb_dl_probe")
         elif views.is_missing(target):
             st.caption("Not among the top weights of any probe.")
 
@@ -380,6 +478,7 @@ def _causal(cat: Any, fid: str, info: dict[str, Any]) -> None:
         row = table[table["feature"].astype(str) == fid] if "feature" in table.columns else table.iloc[:0]
         if len(row):
             st.dataframe(pd.DataFrame(row), hide_index=True, width="stretch")
+            views.table_downloads(pd.DataFrame(row), name=f"{fid}_causal", key="_fb_dl_causal")
 
 
 def _neighbors(cat: Any, fid: str) -> None:
@@ -395,6 +494,18 @@ def _neighbors(cat: Any, fid: str) -> None:
                            help=str(row.description), width="stretch")
     st.dataframe(nb, hide_index=True, width="stretch",
                  column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
+    views.table_downloads(nb, name=f"{fid}_neighbours", key="_fb_dl_nb")
+
+
+def _open_compare(fid: str) -> None:
+    """Go to the Compare features page with ``fid`` as feature A (a note when the page runs outside the app)."""
+    from streamlit.errors import StreamlitAPIException
+
+    st.session_state["compare_a"] = fid
+    try:
+        st.switch_page(COMPARE_PAGE, query_params={"a": fid})
+    except StreamlitAPIException:
+        st.info(f"Open the Compare features page to compare {fid} with another feature.")
 
 
 def main() -> None:
@@ -404,11 +515,14 @@ def main() -> None:
     _pick(cat, fid)
     info = views.cached_feature(cat, fid)
     _header(cat, fid, info)
+    if st.button(f"Compare {fid} with another feature", key="_fb_compare", icon=":material/compare_arrows:"):
+        _open_compare(fid)
     left, right = st.columns([2, 3])
     with left:
         _histogram(cat, fid)
     with right:
-        _associations(cat, fid, info)
+        _logo(cat, fid)
+    _associations(cat, fid, info)
     _examples(cat, fid)
     left, right = st.columns(2)
     with left:

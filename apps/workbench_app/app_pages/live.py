@@ -4,6 +4,10 @@ The model (``provenance["model_source"]``) and the SAE (``provenance["sae_path"]
 built with, loaded once per server process. Input is pasted text (FASTA or a plain sequence) or an uploaded FASTA
 file read in memory; the model's adapter validates it (alphabet, length limit) and the page adds its own limits
 (number of sequences and residues). Any :class:`~workbench.errors.WorkbenchError` is shown as a one-line error.
+
+On antibody catalogs (``obs["imgt"]``) the input is numbered by ANARCI and the activation track is drawn on IMGT
+columns with the CDRs marked, as in the feature browser, with the germline genes linked to IMGT/GENE-DB; without
+HMMER's ``hmmscan`` the track keeps raw positions and a one-line note says so.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from typing import Any
 
 import streamlit as st
 
+from apps.workbench_app import _links as links
 from apps.workbench_app import _live
-from apps.workbench_app._images import is_image_catalog
 from apps.workbench_app import _views as views
+from apps.workbench_app._images import is_image_catalog
 from apps.workbench_app._state import get_catalog
 from workbench.errors import WorkbenchError
 
@@ -75,19 +80,41 @@ def _show_result(cat: Any, result: _live.LiveResult) -> None:
     fid = c1.selectbox("Feature", table["feature"].tolist(), key="live_feature",
                        format_func=lambda f: f"{f} — {descriptions.get(f, '')[:80]}")
     seqs = [scope] if scope else result.ids
+    numbered = _numbering(cat, result)
     if fid:
         rows = []
         for sid in seqs:
             track = _live.feature_track(result, fid, sid)
             if (track > 0).any() or len(seqs) == 1:
                 rows.append(views.ResidueRow(label=sid, tokens=list(result.sequences[sid]), activations=track,
+                                             positions=numbered.positions.get(sid) if numbered else None,
                                              note=f"max {track.max():.2f}"))
         hidden = len(seqs) - len(rows)
-        st.html("".join(views.residues_html(row) for row in rows) + views.legend_html())
+        st.html(views.examples_html(rows, align=True) + views.legend_html())
+        if numbered is not None:
+            _numbering_notes(numbered, seqs)
         if hidden:
             st.caption(f"{hidden} sequence(s) where {fid} does not fire are not shown.")
         if c2.button(f"Open {fid} in the feature browser", key="live_open", icon=":material/open_in_new:"):
             views.open_feature(fid)
+
+
+def _numbering(cat: Any, result: _live.LiveResult) -> _live.Numbered | None:
+    """ANARCI's IMGT numbering of the input on antibody catalogs (``obs["imgt"]``), None on other catalogs."""
+    if "imgt" not in cat.sequences.columns:
+        return None
+    return _live.cached_numbering({sid: "".join(result.sequences[sid]) for sid in result.ids})
+
+
+def _numbering_notes(numbered: _live.Numbered, seqs: list[str]) -> None:
+    """A one-line note when numbering failed, and the germline genes of the sequences shown, linked to IMGT."""
+    if numbered.note:
+        st.caption(numbered.note)
+    genes = [(numbered.genes[s].get(k), numbered.genes[s].get("species")) for s in seqs if s in numbered.genes
+             for k in ("v_gene", "j_gene")]
+    found = links.gene_links(genes)
+    if found:
+        st.markdown(f"IMGT numbering by ANARCI (CDRs marked); germline genes: {links.md_links(found)}")
 
 
 # ------------------------------------------------------------------------------------------------ page
