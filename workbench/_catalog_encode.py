@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import scipy.sparse as sp
 
-__all__ = ["EncodedSequences", "encode_records", "encode_sources", "parse_positions", "TOKENS_PER_BATCH"]
+__all__ = ["EncodedSequences", "encode_records", "encode_sources", "parse_positions", "is_missing", "TOKENS_PER_BATCH"]
 
 TOKENS_PER_BATCH = 2048
 """Padded tokens per forward pass (and per SAE encode), which bounds memory for wide SAEs."""
@@ -103,7 +103,7 @@ def parse_positions(text: Any, n: int | None = None) -> list[int | None] | None:
 
     Returns None when ``text`` is missing, holds no number at all, or (given ``n``) does not have ``n`` entries.
     """
-    if _missing(text):
+    if is_missing(text):
         return None
     parts = str(text).split(",")
     if n is not None and len(parts) != n:
@@ -116,8 +116,8 @@ def parse_positions(text: Any, n: int | None = None) -> list[int | None] | None:
     return out if any(v is not None for v in out) else None
 
 
-def _missing(value: Any) -> bool:
-    """True for ``None``, NaN, ``pd.NA`` / ``NaT`` (scalars only)."""
+def is_missing(value: Any) -> bool:
+    """True for ``None``, NaN, ``pd.NA`` / ``NaT`` (scalars only: containers are never missing)."""
     if value is None:
         return True
     import pandas as pd

@@ -59,17 +59,7 @@ _HOT = (214, 39, 40)
 
 
 # ------------------------------------------------------------------------------------------------------------ formatting
-def is_missing(value: Any) -> bool:
-    """True for ``None``, NaN, ``pd.NA`` / ``NaT`` (scalars only: containers are never missing)."""
-    if value is None:
-        return True
-    import pandas as pd
-
-    try:
-        result = pd.isna(value)
-    except (TypeError, ValueError):
-        return False
-    return bool(result) if isinstance(result, (bool, np.bool_)) else False
+from workbench._catalog_encode import is_missing  # noqa: E402 - one definition, shared with the catalog's encoding
 
 
 def fmt_num(value: Any, *, digits: int = 3) -> str:
