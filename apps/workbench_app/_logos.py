@@ -226,3 +226,18 @@ def cached_logo(cat: Any, features: Sequence[str], *, title: str = "") -> tuple[
         return logo_png(counts, title=title, highlight=highlight), kind, n
 
     return _logo(str(cat.path), tuple(str(f) for f in features), title, cat)
+
+
+def show_logo(cat: Any, features: Sequence[str], *, lead: str, empty: str) -> None:
+    """Draw the logo of ``features``' top windows with its caption (``lead``: how it starts, ``{n}`` the number of
+    windows, e.g. ``"Top {n} windows of f00012"``), or ``empty`` as a note when they have no top example."""
+    import streamlit as st
+
+    made = cached_logo(cat, features)
+    if made is None:
+        st.info(empty)
+        return
+    png, kind, n = made
+    where = "IMGT positions (insertions as .1, .2)" if kind == "imgt" else "offsets from the strongest residue"
+    st.image(png, caption=f"{lead.format(n=n)} ({HALF} residues either side of the strongest one), by {where}; "
+                          "letter height in bits, the most common peak shaded.")

@@ -330,14 +330,8 @@ def _logo(cat: Any, concept: str, rows: Any) -> None:
     choice = st.selectbox("Logo of", [POOLED, *best], key="_cx_logo_of",
                           format_func=lambda f: f"the best {len(best)} features pooled" if f == POOLED else f)
     features = best if choice == POOLED or choice not in best else [choice]
-    made = logos.cached_logo(cat, features)
-    if made is None:
-        st.info("These features have no top examples to draw a logo from.")
-        return
-    png, kind, n = made
-    where = "IMGT positions (insertions as .1, .2)" if kind == "imgt" else "offsets from the strongest residue"
-    st.image(png, caption=f"{n} top windows of {', '.join(features)} ({logos.HALF} residues either side of the "
-                          f"strongest one), by {where}; letter height in bits, the most common peak shaded.")
+    logos.show_logo(cat, features, lead="{n} top windows of " + ", ".join(features),
+                    empty="These features have no top examples to draw a logo from.")
 
 
 def _threshold_curves(cat: Any, concept: str) -> None:

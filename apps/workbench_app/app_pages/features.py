@@ -405,14 +405,7 @@ def _logo(cat: Any, fid: str) -> None:
     if images.is_image_catalog(cat):
         st.caption("Image catalog: no sequence logo.")
         return
-    made = logos.cached_logo(cat, [fid])
-    if made is None:
-        st.info("No top examples to draw a logo from.")
-        return
-    png, kind, n = made
-    where = "IMGT positions (insertions as .1, .2)" if kind == "imgt" else "offsets from the strongest residue"
-    st.image(png, caption=f"Top {n} windows of {fid} ({logos.HALF} residues either side of the strongest one), "
-                          f"by {where}; letter height in bits, the most common peak shaded.")
+    logos.show_logo(cat, [fid], lead="Top {n} windows of " + fid, empty="No top examples to draw a logo from.")
 
 
 def _probe(cat: Any, fid: str, info: dict[str, Any]) -> None:
