@@ -3,7 +3,7 @@ on a 16,384-feature catalog.
 
 Run on demand (not a test):
 
-    .venv/bin/python benchmarks/bench_app.py [--demo benchmarks/out/demo/catalog] [--no-write]
+    .venv/bin/python benchmarks/bench_app.py [--demo benchmarks/out/demo/catalog] [--demo-only] [--no-write]
 
 The 16,384-feature catalog is real: a TopK SAE (k 32) of width 16,384 trained on the demo's AntiBERTy layer-4
 Thera-SAbDab store (300k tokens), annotated with the demo's ANARCI + motif concepts (association and the catalog;
@@ -12,7 +12,7 @@ script runs through ``streamlit.testing.v1.AppTest`` (what the server does per i
 drawing), each page in a fresh session: "first render" includes opening the catalog in that process the first time
 (cached afterwards, as in the server); "switch" is the feature browser re-run with another feature selected (median of
 10). A second pass measures the same in a real browser: Debian's chromium through Playwright against `workbench app`.
-Target: under 2 s per switch.
+Target: a feature switch in chromium in 1 s or less (median).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 PAGES = ["overview", "features", "concepts", "discovery", "atlas", "live"]
+LOAD_BEFORE = "?"
 
 
 def build_16k(demo_out: Path, out: Path) -> Path:
@@ -98,9 +99,11 @@ PAGE_TEXT = {"overview": "Concepts captured", "features": "Feature browser", "co
              "discovery": "Discovery", "atlas": "Feature atlas", "live": "Live input"}
 
 
-def time_browser(catalog: Path, n: int = 5) -> tuple[dict[str, float], float]:
+def time_browser(catalog: Path, n: int = 5) -> tuple[dict[str, float], float, float]:
     """Real browser (Debian's chromium through Playwright): seconds from navigation to each page rendered (script
-    finished), and the median time to open another feature by its URL."""
+    finished), the median time to open another feature by its URL (a full page load), and the median time to switch
+    feature inside the page as a user does (its id typed into the search box and Enter: the script re-runs over the
+    open connection) until its header is drawn and the script has finished."""
     from playwright.sync_api import sync_playwright
 
     from apps.workbench_app.serving import chromium_path, serve_app, wait_rendered
@@ -127,8 +130,17 @@ def time_browser(catalog: Path, n: int = 5) -> tuple[dict[str, float], float]:
             page.goto(f"{url}/features?feature={fid}", wait_until="domcontentloaded")
             wait_rendered(page, str(fid))
             switches.append(time.perf_counter() - t0)
+        in_page = []
+        box = page.get_by_role("textbox", name="Search features")
+        for fid in live[step // 2 :: step][:n]:
+            box.fill(str(fid))
+            t0 = time.perf_counter()
+            box.press("Enter")
+            page.get_by_role("heading", name=str(fid)).first.wait_for(timeout=60_000)
+            page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+            in_page.append(time.perf_counter() - t0)
         browser.close()
-    return pages, statistics.median(switches)
+    return pages, statistics.median(switches), statistics.median(in_page)
 
 
 def main() -> None:
@@ -137,8 +149,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=HERE / "out" / "demo" / "catalog")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--demo-only", action="store_true", help="time the demo catalog only (no 16,384-feature build)")
     args = parser.parse_args()
-    catalogs = {"demo (4,096 features)": args.demo, "16,384 features": build_16k(args.demo.parent, HERE / "out" / "app16k")}
+    global LOAD_BEFORE
+    LOAD_BEFORE = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    catalogs = {"demo (4,096 features)": args.demo}
+    if not args.demo_only:
+        catalogs["16,384 features"] = build_16k(args.demo.parent, HERE / "out" / "app16k")
     rows = []
     for name, path in catalogs.items():
         pages = time_pages(path)
@@ -147,20 +164,27 @@ def main() -> None:
         print(name, {k: round(v, 2) for k, v in pages.items()}, "switch", round(switch, 3), flush=True)
     browser_rows = []
     for name, path in catalogs.items():
-        pages, switch = time_browser(path)
-        browser_rows.append((f"{name}, chromium", pages, switch))
-        print(name, "browser", {k: round(v, 2) for k, v in pages.items()}, "switch", round(switch, 3), flush=True)
+        pages, switch, in_page = time_browser(path)
+        browser_rows.append((f"{name}, chromium", pages, switch, in_page))
+        print(name, "browser", {k: round(v, 2) for k, v in pages.items()}, "switch", round(switch, 3), "in page",
+              round(in_page, 3), flush=True)
     lines = [f"## {dt.date.today().isoformat()} — bench_app (catalog explorer)", "",
              f"Machine: {cpu_model()}, {os.cpu_count()} cores. Seconds. Rows without 'chromium': AppTest script runs "
              "(server side), first render of each page in a fresh session, feature switch = median of 10 re-runs of the "
              "feature browser. Rows with 'chromium': Debian's chromium through Playwright against `workbench app` "
              "(fresh server), navigation to the page rendered (script finished), in page order (the first includes "
-             "opening the catalog); feature switch = median of 5 loads of `/features?feature=ID`.", "",
-             "| catalog | " + " | ".join(PAGES) + " | feature switch | target < 2 s |",
-             "|---|" + "---|" * (len(PAGES) + 2)]
-    for name, pages, switch in rows + browser_rows:
-        lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | "
-                     + ("met" if switch < 2 else "NOT met") + " |")
+             "opening the catalog); feature switch = median of 5 loads of `/features?feature=ID` (a full page load); "
+             "in-page switch = median of 5 switches as a user makes them (the id typed in the search box, Enter, until "
+             "the feature's header is drawn and the script has finished). "
+             f"Load average before the run: {LOAD_BEFORE}.", "",
+             "| catalog | " + " | ".join(PAGES) + " | switch by URL | in-page switch | target ≤ 1 s |",
+             "|---|" + "---|" * (len(PAGES) + 3)]
+    for name, pages, switch in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | – | "
+                     + ("met" if switch <= 1 else "NOT met") + " |")
+    for name, pages, switch, in_page in browser_rows:
+        lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | {in_page:.3f} | "
+                     + ("met" if in_page <= 1 else "NOT met") + " |")
     text = "\n".join(lines) + "\n"
     record(text, write=not args.no_write)
 

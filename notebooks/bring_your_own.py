@@ -89,9 +89,9 @@ t_start = time.perf_counter()
 #
 # A FASTA file, and a CSV with a `sequence_id` column (the FASTA ids) and one column per label you have: each
 # value becomes a sequence concept `"<column>=<value>"` (a CSV with `sequence_id, start, end, concept` columns
-# would instead label residue spans). Column names must not repeat a concept group of the other sources (ANARCI
-# already gives `v_family`, so OAS's own call is `oas_v_family` here). Without a FASTA we write both from the
-# bundled OAS table.
+# would instead label residue spans). Column names must not repeat a concept group of the other sources, or the
+# labels are refused with the column's name (ANARCI already gives `v_family`, so OAS's own call is `oas_v_family`
+# here). Without a FASTA we write both from the bundled OAS table.
 
 # %%
 from domains.sequence.readers import bundled, read_fasta
@@ -146,7 +146,7 @@ store.obs().head()
 from workbench.registry import labels_for
 
 labels = labels_for(store, ["anarci", "motif", f"user:{LABELS}"])
-print(f"{len(labels.token_concepts)} residue concepts, {len(labels.sequence_concepts)} sequence concepts")
+print(labels)  # tokens and sequences, the concepts of each source by group
 labels.sequence_concepts.groupby("source")["concept"].apply(lambda c: ", ".join(c.astype(str)[:6]))
 
 # %%
@@ -183,7 +183,7 @@ print(f"FVE {m['fve']:.3f}, L0 {m['l0']:.1f}, dead {m.get('dead_fraction', float
 # uses.
 
 # %%
-from workbench._pipeline import AnnotateConfig
+from workbench import AnnotateConfig
 
 user_groups = sorted(c for c in labels_table.columns if c != "sequence_id")
 catalog = workbench.annotate(
@@ -226,6 +226,14 @@ mine = probes[(probes["level"] == "sequence") & probes["target"].astype(str).isi
 mine.pivot_table(index=["target", "k"], columns="representation", values="score").round(3)
 
 # %% [markdown]
+# `catalog.search` finds your labels too (`match` = `sequence concept`: the best feature of each held-out finding
+# below, then the features the sequence-level probe weighs most), and `catalog.concept("<column>=<value>")` gathers
+# what the catalog holds about one class.
+
+# %%
+catalog.search(user_groups[0], limit=8)
+
+# %% [markdown]
 # The held-out sequence-level findings for each of your classes: the best single feature (chosen on half the
 # sequences), its AUROC on the other half, and the same after controlling for ANARCI's V family (a class needs
 # 20 sequences on each side to be tested; a label that ANARCI's V family already determines, such as OAS's own
@@ -241,6 +249,7 @@ if "sequence_findings" in catalog.tables:
     if len(found):
         row = found.sort_values("test_auroc_adjusted", key=lambda v: (v - 0.5).abs(), ascending=False).iloc[0]
         print(f"{row['target']}: {row['best_feature']}, held-out AUROC {row['test_auroc']:.2f}")
+        display(catalog.concept(row["target"], limit=5))
         display(catalog.feature(row["best_feature"]))
 else:
     print("no sequence-level findings (no label class had enough sequences on each side)")

@@ -104,20 +104,13 @@ catalog.examples_frame(UP).head(10)
 # ## Heatmaps over the top images
 #
 # An example holds the feature's activation at each of the layer's grid positions (normalised to the feature's
-# maximum). Each grid cell covers a block of pixels; we upsample by *nearest* neighbour, so every cell shows as the
-# square of the image it summarises, and lay it over the image with an opacity that grows with the activation
-# (`ALPHA` at the maximum, transparent where the feature is silent). The plain image is above each overlay.
+# maximum). Each grid cell covers a block of pixels; `catalog.heatmap(activations)` brings the grid to the image size
+# by *nearest* neighbour (its default, cell-aligned), so every cell shows as the square of the image it summarises.
+# We lay it over the image with an opacity that grows with the activation (`ALPHA` at the maximum, transparent where
+# the feature is silent). The plain image is above each overlay.
 
 # %%
 images = catalog.table("images").set_index("image_id") if "images" in catalog.tables else pd.DataFrame()
-
-
-def nearest_map(activations: np.ndarray) -> np.ndarray:
-    """An example's per-position activations on the layer's grid, upsampled to the image by nearest neighbour."""
-    gh, gw = info["grid"]
-    h, w = info["shape"][-2:]
-    grid = np.asarray(activations, dtype=np.float32).reshape(gh, gw)
-    return grid[np.arange(h) * gh // h][:, np.arange(w) * gw // w]
 
 
 def show(ax: plt.Axes, image_id: str, heat: np.ndarray | None = None, title: str = "") -> None:
@@ -144,7 +137,7 @@ def show_feature(fid: str, n: int = N_IMAGES) -> None:
     fig, axes = plt.subplots(2, len(top), figsize=(1.6 * len(top), 3.6), squeeze=False)
     for i, ex in enumerate(top):
         show(axes[0, i], ex.sequence_id, title=caption(ex.sequence_id))
-        show(axes[1, i], ex.sequence_id, nearest_map(ex.activations), title=f"max {ex.activations.max():.2f}")
+        show(axes[1, i], ex.sequence_id, catalog.heatmap(ex.activations), title=f"max {ex.activations.max():.2f}")
     fig.suptitle(f"{fid}: {catalog.features.at[fid, 'description'][:90]}", fontsize=9)
     fig.tight_layout()
     plt.show()
@@ -159,15 +152,16 @@ show_feature(UP)
 show_feature(DOWN)
 
 # %% [markdown]
-# `Catalog.heatmap` gives the same map upsampled *bilinearly* (smoother, good for display at a glance; the nearest
-# map shows what the layer actually resolves):
+# `catalog.heatmap(activations, mode="bilinear")` interpolates between the cell centres instead (smoother, good for
+# display at a glance, but it spreads each cell over its neighbours; the nearest map shows what the layer actually
+# resolves):
 
 # %%
 ex = catalog.examples(UP)[0]
 fig, axes = plt.subplots(1, 3, figsize=(5.4, 2.2))
 show(axes[0], ex.sequence_id, title="image")
-show(axes[1], ex.sequence_id, nearest_map(ex.activations), title="nearest")
-show(axes[2], ex.sequence_id, catalog.heatmap(ex.activations), title="bilinear (Catalog.heatmap)")
+show(axes[1], ex.sequence_id, catalog.heatmap(ex.activations), title="nearest (default)")
+show(axes[2], ex.sequence_id, catalog.heatmap(ex.activations, mode="bilinear"), title='mode="bilinear"')
 fig.tight_layout()
 plt.show()
 
@@ -199,13 +193,30 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## Where the model and its pathology features disagree
+# ## Where the model, its pathology features and the labels disagree
 #
-# Images the model calls normal although its strongest pathology features fire, and the reverse (the
-# `disagreements` table; empty when there are none).
+# The model's errors on the held-out test images, and what its pathology features say about each: the features' own
+# call is a logistic regression on the pooled pathology features, fitted on the training and validation images (the
+# `disagreements` table). *model wrong, features right*: the error arises after or beside these features; *both
+# wrong*: the features read the image as the model does (a shared confound, a hard image, or a label to check).
 
 # %%
+print(catalog.summary.get("model_test_errors"))
 if "disagreements" in catalog.tables:
     disagreements = catalog.table("disagreements")
-    print(f"{len(disagreements)} disagreements")
+    display(disagreements["kind"].value_counts().rename("images").to_frame() if len(disagreements) else disagreements)
     display(disagreements.head(8))
+
+# %% [markdown]
+# ## Does the model use these features? The causal check against its control
+#
+# Each feature is ablated on its top images, and as a control the same amount is removed along a random direction of
+# the same norm on the same images (`pathology_causal`). A feature whose change is not beyond its control is not
+# evidence that the model uses it.
+
+# %%
+if "pathology_causal" in catalog.tables:
+    causal = catalog.table("pathology_causal")
+    cols = [c for c in ("feature", "kind", "dlogit_firing", "dlogit_random", "p_vs_random", "beyond_control")
+            if c in causal.columns]
+    display(causal[cols])

@@ -11,7 +11,7 @@ from workbench._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench._extract import extract
-    from workbench._pipeline import annotate
+    from workbench._pipeline import AnnotateConfig, annotate
     from workbench.catalog import Catalog
     from workbench.records import SequenceRecord
     from workbench.registry import get_card, list_models, load_adapter
@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench._universality import Universality, universality, write_universality
 
 __all__ = [
-    "__version__", "extract", "open_store", "ActivationStore", "load_adapter", "list_models", "get_card", "annotate", "Catalog",
-    "universality", "write_universality", "Universality", "SequenceRecord",
+    "__version__", "extract", "open_store", "ActivationStore", "load_adapter", "list_models", "get_card", "annotate",
+    "AnnotateConfig", "Catalog", "universality", "write_universality", "Universality", "SequenceRecord",
 ]
 
 _LAZY = {
@@ -31,6 +31,7 @@ _LAZY = {
     "list_models": "workbench.registry",
     "get_card": "workbench.registry",
     "annotate": "workbench._pipeline",
+    "AnnotateConfig": "workbench._pipeline",
     "Catalog": "workbench.catalog",
     "universality": "workbench._universality",
     "write_universality": "workbench._universality",

@@ -150,7 +150,7 @@ def _summary(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
         if "stratified" in shown.columns:  # what position and residue explain is not shown as a discovery
             shown = shown[shown["stratified"] == "survives"]
         out["top_missing_annotations"] = [
-            f"{r.concept} in {r.sequence_id}:{r.start}-{r.end} {getattr(r, 'residues', '')} ({r.kind}; {r.feature}, "
+            f"{r.concept} {_where(r)} ({r.kind}; {r.feature}, "
             f"score {r.score:.2f}" + (f", OR {r.or_mh:.1f} beyond position and residue, q {r.q_cmh:.1g}"
                                       if "or_mh" in shown.columns else "") + ")"
             for r in shown.head(3).itertuples()
@@ -158,7 +158,7 @@ def _summary(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
         if "stratified" in missing.columns:  # for reference, clearly marked: the strongest that did not survive
             trivial = missing[(missing["kind"] != "numbering artefact") & (missing["stratified"] != "survives")]
             out["top_missing_annotations_trivial"] = [
-                f"{r.concept} in {r.sequence_id}:{r.start}-{r.end} ({r.kind}; {r.feature}, score {r.score:.2f}; "
+                f"{r.concept} {_where(r)} ({r.kind}; {r.feature}, score {r.score:.2f}; "
                 f"{'not testable within position and residue' if r.stratified == 'not testable' else 'explained by position and residue'})"
                 for r in trivial.head(3).itertuples()
             ]
@@ -169,8 +169,19 @@ def _summary(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     unexplained = tables.get("unexplained_features")
     if unexplained is not None and len(unexplained):
         out["top_unexplained_features"] = [
-            f"{r.feature}: {r.top_residues}; {r.profile}"
-            + (f"; strata explain {100 * r.strata_share:.0f}% of its variance" if hasattr(r, "strata_share") else "")
+            f"{r.feature}: " + "; ".join(part for part in (
+                str(r.top_residues or ""), str(r.profile or ""),
+                f"strata explain {100 * r.strata_share:.0f}% of its variance" if hasattr(r, "strata_share") else "",
+            ) if part.strip())
             for r in unexplained.head(3).itertuples()
         ]
     return out
+
+
+def _where(row: Any) -> str:
+    """Where a candidate missing annotation lies: ``in <id>:<start>-<end> <residues>``, or ``for <id> (whole)``
+    when its concept is given per whole sequence (an image's label)."""
+    if bool(getattr(row, "whole_sequence", False)):
+        return f"for {row.sequence_id} (whole; {row.n_tokens} tokens fire)"
+    residues = getattr(row, "residues", "")
+    return f"in {row.sequence_id}:{row.start}-{row.end}" + (f" {residues}" if residues else "")

@@ -68,15 +68,20 @@ def _clip(text: str, n: int) -> str:
 class FeatureInfo(dict):  # type: ignore[type-arg]
     """Everything about one feature (:meth:`Catalog.feature`): a plain dict (``info["examples"]``,
     ``info["concepts"]``, the ``var`` columns...) whose ``repr`` is a few lines and whose HTML view is a small
-    table in notebooks."""
+    table in notebooks. ``units`` is the catalog's :attr:`~workbench.catalog.Catalog.units` (the repr speaks of
+    images and positions for image catalogs), ``grid`` the layer's ``(h, w)`` for image catalogs (None for sequences)."""
+
+    units: Any = None
+    grid: tuple[int, int] | None = None
 
     def _lines(self) -> list[tuple[str, str]]:
         examples = self.get("examples") or []
         concepts = self.get("concepts")
         n_top = sum(1 for ex in examples if ex.kind == "top")
+        units, tokens = (self.units.items, self.units.tokens) if self.units is not None else ("sequences", "residues")
         lines = [
             ("feature", f"{self.get('feature')} (#{self.get('index')}, family {_fmt(self.get('family'))})"),
-            ("fires", f"in {_fmt(self.get('n_sequences'))} sequences, density {_fmt(self.get('density'))}, "
+            ("fires", f"in {_fmt(self.get('n_sequences'))} {units}, on {_fmt(self.get('density'))} of {tokens}, "
                       f"max activation {_fmt(self.get('max_activation'))}"),
             ("top concept", f"{_fmt(self.get('top_concept'))} (F1 {_fmt(self.get('top_f1'), '.2f')}, "
                             f"q {_fmt(self.get('top_q'), '.2g')})"),
@@ -87,7 +92,10 @@ class FeatureInfo(dict):  # type: ignore[type-arg]
                                                                       concepts["test_f1"].head(3)))
             lines.append(("concepts", _clip(f"{len(concepts)} by test F1: {best}", 100)))
         first = ""
-        if examples:
+        if examples and self.grid:
+            p = int(np.argmax(examples[0].activations))
+            first = f"; first {examples[0].sequence_id}, peak at row {p // self.grid[1]}, col {p % self.grid[1]}"
+        elif examples:
             window = peak_window(list(examples[0].sequence), examples[0].activations)[1]
             first = f"; first {examples[0].sequence_id} {window}"
         lines.append(("examples", _clip(f"{len(examples)} ({n_top} top){first}", 100)))
@@ -115,13 +123,17 @@ def examples_frame(cat: Catalog, feature: str | int | None = None) -> pd.DataFra
         j = cat._index(feature)
         a, b = cat._example_range(j)
         table = table.iloc[a:b]
-    columns = ["feature", "kind", "rank", "sequence_id", "activation", "length", "peak", "residue", "window"]
+    grid = cat.image_info["grid"] if cat.image_info is not None else None
+    columns = ["feature", "kind", "rank", "sequence_id", "activation", "length", "peak",
+               *(["row", "col"] if grid is not None else ["residue", "window"])]
     if not len(table):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     offsets = table["offset"].to_numpy(dtype=np.int64)
     lengths = table["length"].to_numpy(dtype=np.int64)
     lo, hi = int(offsets.min()), int((offsets + lengths).max())
     block = cat._example_activations(lo, hi)
+    if grid is not None:
+        return _image_examples(table, block, lo, int(grid[1]), columns)
     sep = str(cat.provenance.get("sequence_separator") or "")
     ids = table["sequence_id"].astype(str).to_numpy()
     obs = cat.sequences
@@ -154,3 +166,29 @@ def examples_frame(cat: Catalog, feature: str | int | None = None) -> pd.DataFra
     if numbering is not None:
         out.insert(out.columns.get_loc("residue") + 1, position_col, pd.array(numbers, dtype="Int64"))
     return out
+
+
+def _image_examples(table: pd.DataFrame, block: np.ndarray, lo: int, width: int, columns: list[str]) -> pd.DataFrame:
+    """:func:`examples_frame` for image catalogs: the peak position and its grid cell (``row``, ``col``, 0-based
+    like the store's ``y``, ``x``; ``width`` = the grid's columns)."""
+    import pandas as pd
+
+    offsets = table["offset"].to_numpy(dtype=np.int64)
+    lengths = table["length"].to_numpy(dtype=np.int64)
+    peaks = np.array([int(np.argmax(block[o - lo : o - lo + n])) if n else -1 for o, n in zip(offsets, lengths)])
+    found = peaks >= 0
+    out = pd.DataFrame({
+        "feature": table["feature"].astype(str).to_numpy(),
+        "kind": table["kind"].astype(str).to_numpy(),
+        "rank": table["rank"].to_numpy(),
+        "sequence_id": table["sequence_id"].astype(str).to_numpy(),
+        "activation": table["max_activation"].to_numpy(dtype=np.float32),
+        "length": lengths,
+        "peak": pd.array(np.where(found, peaks + 1, 0), dtype="Int64"),
+        "row": pd.array(peaks // width, dtype="Int64"),
+        "col": pd.array(peaks % width, dtype="Int64"),
+    })
+    for c in ("peak", "row", "col"):
+        out.loc[~found, c] = pd.NA
+    return out[columns]
+

@@ -222,7 +222,9 @@ def build_catalog(
     x_max, x_mean = parts.x_max, parts.x_mean
 
     # -- features ------------------------------------------------------------------------------------------------------
-    desc = describe_features(association, labels, None, profile_groups=profile_groups, stats=parts.stats, names=names)
+    units = ("positions", "images") if "images" in dict(uns_extra or {}) else ("tokens", "sequences")
+    desc = describe_features(association, labels, None, profile_groups=profile_groups, stats=parts.stats, names=names,
+                             units=units)
     nnz_tokens = parts.stats.nnz
     var = pd.DataFrame(index=pd.Index(names))
     var["density"] = nnz_tokens / max(n_tokens, 1)

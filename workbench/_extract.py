@@ -298,9 +298,9 @@ def extract(
 def _progress(total: int, enabled: bool, name: str) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from workbench._progress import progress_bar
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc=f"extract {name}", dynamic_ncols=True)
+    return progress_bar(total=total, unit="tok", unit_scale=True, desc=f"extract {name}", dynamic_ncols=True)
 
 
 def _prepare_workdir(work: Path, plan: dict[str, Any]) -> None:

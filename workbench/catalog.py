@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.describe import describe_features, feature_families
 
 __all__ = [
-    "SCHEMA_VERSION", "CATALOG_FILE", "SCHEMA_FILE", "EXAMPLE_QUANTILES", "Catalog", "Example", "FeatureInfo",
+    "SCHEMA_VERSION", "CATALOG_FILE", "SCHEMA_FILE", "EXAMPLE_QUANTILES", "Catalog", "Example", "FeatureInfo", "Units",
     "EncodedSequences", "build_catalog", "CatalogParts", "catalog_parts", "write_catalog", "describe_features",
     "feature_families",
 ]
@@ -77,6 +77,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class Units(NamedTuple):
+    """What a catalog's rows and tokens are called in text (:attr:`Catalog.units`)."""
+
+    item: str
+    """One row of ``obs``: ``"sequence"`` or ``"image"``."""
+    items: str
+    """Its plural."""
+    token: str
+    """One token: ``"residue"`` or ``"position"`` (of the layer's grid)."""
+    tokens: str
+    """Its plural."""
 
 
 class Example(NamedTuple):
@@ -261,6 +274,14 @@ class Catalog:
         return self._cached("umap", lambda: np.asarray(self._h5("varm/umap"), dtype=np.float32))
 
     @property
+    def units(self) -> Units:
+        """What the catalog's rows and tokens are, for text: ``Units("image", "images", "position", "positions")``
+        for image catalogs, ``Units("sequence", "sequences", "residue", "residues")`` otherwise."""
+        if self.image_info is not None:
+            return Units("image", "images", "position", "positions")
+        return Units("sequence", "sequences", "residue", "residues")
+
+    @property
     def image_info(self) -> dict[str, Any] | None:
         """For image catalogs, ``uns["images"]``: ``shape`` (C, H, W) of the stored pixels, ``grid`` (h, w) of the
         analysed layer, ``classes``, ``positive_class`` and the data set; ``None`` for sequence catalogs."""
@@ -278,14 +299,20 @@ class Catalog:
         pixels = self._cached("obsm:image", lambda: np.asarray(self._h5("obsm/image")))
         return pixels[index[str(sequence_id)]].reshape([int(v) for v in info["shape"]])
 
-    def heatmap(self, activations: np.ndarray) -> np.ndarray:
-        """An example's per-position activations laid on the layer's grid and upsampled (bilinear) to the image size:
-        ``(H, W)`` float32 in the activations' units (image catalogs only)."""
+    def heatmap(self, activations: np.ndarray, *, mode: str = "nearest") -> np.ndarray:
+        """An example's per-position activations laid on the layer's grid and brought to the image size: ``(H, W)``
+        float32 in the activations' units (image catalogs only).
+
+        ``mode="nearest"`` (default) gives every grid cell its own block of pixels, cell-aligned (pixel row ``y``
+        belongs to cell ``y * grid_h // H``): what the layer resolves, nothing more. ``"bilinear"`` interpolates
+        between cell centres (smoother, for a glance; it spreads each cell over its neighbours)."""
         from scipy.ndimage import zoom
 
         info = self.image_info
         if info is None:
             raise WorkbenchError(f"{self.path} is not an image catalog")
+        if mode not in ("nearest", "bilinear"):
+            raise WorkbenchError(f"heatmap mode is 'nearest' or 'bilinear', got {mode!r}")
         gh, gw = (int(v) for v in info["grid"])
         _, h, w = (int(v) for v in info["shape"])
         acts = np.asarray(activations, dtype=np.float32)
@@ -294,6 +321,10 @@ class Catalog:
         grid = acts.reshape(gh, gw)
         if (gh, gw) == (h, w):
             return grid
+        if mode == "nearest":
+            rows = np.arange(h) * gh // h
+            cols = np.arange(w) * gw // w
+            return np.ascontiguousarray(grid[rows[:, None], cols[None, :]], dtype=np.float32)
         out = zoom(grid, (h / gh, w / gw), order=1, mode="nearest", grid_mode=True)
         return np.clip(out[:h, :w], 0.0, None).astype(np.float32)
 
@@ -341,8 +372,12 @@ class Catalog:
             hit = pairs[equals(pairs["feature"], name)]
             concepts = hit.sort_values(["test_f1", "val_f1"], ascending=False, kind="stable").head(n_concepts)
             concepts = concepts.reset_index(drop=True)
-        return FeatureInfo({"feature": name, "index": j, **row, "umap": self.umap[j].tolist(), "concepts": concepts,
+        info = FeatureInfo({"feature": name, "index": j, **row, "umap": self.umap[j].tolist(), "concepts": concepts,
                             "examples": self.examples(j)})
+        info.units = self.units
+        if self.image_info is not None:
+            info.grid = tuple(int(v) for v in self.image_info["grid"])
+        return info
 
     def examples(self, fid: str | int) -> list[Example]:
         """The feature's examples: top sequences first, then the quantile-bin samples, each with per-token
@@ -368,7 +403,9 @@ class Catalog:
         example: ``feature``, ``kind`` (``top`` or the quantile bin), ``rank``, ``sequence_id``, ``activation`` (the
         sequence's maximum, normalised to the feature's maximum), ``length``, ``peak`` (1-based position of the
         strongest residue), ``imgt`` (its IMGT number, when the catalog numbers its sequences), ``residue`` and
-        ``window`` (the strongest residue in brackets with five residues on each side: ``"GYTFT[N]YWMQW"``)."""
+        ``window`` (the strongest residue in brackets with five residues on each side: ``"GYTFT[N]YWMQW"``). Image
+        catalogs have ``row`` and ``col`` instead of ``residue`` and ``window``: the grid cell of ``peak`` (0-based,
+        as the store's ``y`` and ``x``)."""
         from workbench._catalog_views import examples_frame
 
         return examples_frame(self, feature)
@@ -418,92 +455,25 @@ class Catalog:
     # -- searching -----------------------------------------------------------------------------------------------------
     def search(self, query: str, *, limit: int = 20) -> pd.DataFrame:
         """Features matching ``query`` (case-insensitive): a feature id or number, a concept-name substring (ranked by
-        the pair's test F1), or words that all occur in the description. Columns: ``feature, match, concept,
-        test_f1, description, family``."""
-        import pandas as pd
+        the pair's test F1), a sequence-level concept substring (per-sequence labels: the best feature of its
+        held-out finding, then its largest sequence-probe weights; ``match`` = ``sequence concept``, no test F1), or
+        words that all occur in the description. Columns: ``feature, match, concept, test_f1, description,
+        family``."""
+        from workbench._catalog_query import search
 
-        from workbench._catalog_read import as_float, search_frame
-
-        q = query.strip()
-        ql = q.lower()
-        rows: list[tuple[str, str, Any, float]] = []
-        if not ql:
-            return search_frame(rows, self._var, limit)
-        try:
-            j = self._index(q)
-            var = self._var
-            rows.append((self.feature_id(j), "id", var["top_concept"].iat[j], as_float(var["top_f1"].iat[j])))
-        except WorkbenchError:
-            pass
-        if "association" in self._table_names:
-            pairs = self.table("association")
-            concept = pairs["concept"]
-            if hasattr(concept, "cat"):
-                cats = pd.Series(concept.cat.categories.astype(str))
-                match = np.flatnonzero(cats.str.lower().str.contains(ql, regex=False).to_numpy())
-                mask = np.isin(concept.cat.codes.to_numpy(), match)
-            else:
-                mask = concept.astype(str).str.lower().str.contains(ql, regex=False).to_numpy()
-            hit = pairs[mask].sort_values(["test_f1", "val_f1"], ascending=False, kind="stable")
-            hit = hit.drop_duplicates("feature")
-            rows += [(str(f), "concept", str(c), as_float(v))
-                     for f, c, v in zip(hit["feature"], hit["concept"], hit["test_f1"])]
-        words = ql.split()
-        text = (self._var["description"].astype(str) + " " + self._var["top_concept"].astype(str)).str.lower()
-        mask = np.ones(len(text), dtype=bool)
-        for w in words:
-            mask &= text.str.contains(w, regex=False).to_numpy()
-        found = self._var[mask]
-        order = np.argsort(-np.nan_to_num(found["top_f1"].to_numpy(dtype=np.float64), nan=-1.0), kind="stable")
-        rows += [(str(found.index[i]), "description", found["top_concept"].iat[i], as_float(found["top_f1"].iat[i]))
-                 for i in order]
-        return search_frame(rows, self._var, limit)
+        return search(self, query, limit=limit)
 
     def concept(self, name: str, *, limit: int = 10) -> pd.DataFrame:
         """The best features for concept ``name`` (each pair at its chosen threshold), by test F1, followed by the best
-        unit of each control (``set`` = ``neurons`` / ``random``) for comparison."""
-        import difflib
+        unit of each control (``set`` = ``neurons`` / ``random``) for comparison.
 
-        import pandas as pd
+        A sequence-level concept (``<column>=<value>`` of per-sequence labels, or a numeric target) has no token
+        association: its rows come from the catalog's ``sequence_findings`` (``table``; one row per representation:
+        the best single feature held out, its AUROC before and after the covariates, q-value, ``status``) and the
+        ``limit`` largest SAE weights of its sequence-level probe (``table`` = ``probe_weights``, ``weight``)."""
+        from workbench._catalog_query import concept
 
-        from workbench._catalog_read import equals
-
-        if "association" not in self._table_names:
-            raise WorkbenchError(f"{self.path} has no association table")
-        pairs = self.table("association")
-        known = list(pairs["concept"].cat.categories.astype(str)) if hasattr(pairs["concept"], "cat") else \
-            sorted(pairs["concept"].astype(str).unique())
-        best_tables = {t.removeprefix("best_"): self.table(t) for t in self._table_names if t.startswith("best_")}
-        for t in best_tables.values():
-            known += [str(c) for c in t["concept"]]
-        known = list(dict.fromkeys(known))
-        target = name if name in known else next((c for c in known if c.lower() == name.lower()), None)
-        if target is None:
-            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise WorkbenchError(f"no concept {name!r} in {self.path}{hint}")
-        hit = pairs[equals(pairs["concept"], target)]
-        hit = hit.sort_values(["test_f1", "val_f1"], ascending=False, kind="stable").head(limit)
-        cols = [c for c in ("feature", "concept", "threshold", "val_f1", "test_f1", "test_precision", "test_recall",
-                            "test_domain_recall", "q_value") if c in hit.columns]
-        sae = hit[cols].astype({"feature": str, "concept": str}).assign(set="sae")
-        var = self._var.reindex(sae["feature"])
-        sae["description"] = var["description"].astype(str).to_numpy()
-        sae["family"] = var["family"].astype(str).to_numpy()
-        parts = [sae]
-        for set_name, best in best_tables.items():
-            if set_name == "sae":
-                continue
-            row = best[equals(best["concept"], target)]
-            if len(row):
-                r = row.iloc[0]
-                stats = {c: r[c] for c in ("threshold", "val_f1", "test_f1", "q_value") if c in row.columns}
-                parts.append(pd.DataFrame([{"set": set_name, "feature": str(r["best_feature"]), "concept": target,
-                                            **stats}]))
-        out = pd.concat(parts, ignore_index=True)
-        front = ["set", "feature", "concept"]
-        return out[front + [c for c in out.columns if c not in front]]
-
+        return concept(self, name, limit=limit)
 
     # -- new sequences -------------------------------------------------------------------------------------------------
     def encode(self, sequences: str | Sequence[Any], *, features: Sequence[str | int] | None = None,

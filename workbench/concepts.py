@@ -60,6 +60,23 @@ class ConceptLabels:
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
+    def __repr__(self) -> str:
+        """A few lines: sizes, then per level the concepts of each source by group, scopes and measures."""
+        n_seq = int(self.sequences.shape[0])
+        lines = [f"ConceptLabels: {self.n_tokens:,} tokens x {len(self.token_concepts):,} token concepts, "
+                 f"{n_seq:,} sequences x {len(self.sequence_concepts):,} sequence concepts"]
+        for level, table in (("token", self.token_concepts), ("sequence", self.sequence_concepts)):
+            if len(table):
+                lines.append(_clip(f"  {level}: {_by_source(table)}"))
+        extra = []
+        if self.scopes or self.sequence_scopes:
+            extra.append("scopes " + ", ".join(dict.fromkeys([*self.scopes, *self.sequence_scopes])))
+        if self.measures is not None and len(self.measures.columns):
+            extra.append("measures " + ", ".join(map(str, self.measures.columns)))
+        if extra:
+            lines.append(_clip("  " + "; ".join(extra)))
+        return "\n".join(lines)
+
     def token_scope(self, concept: int | str) -> np.ndarray | None:
         """Boolean token mask where token concept ``concept`` (index or name) is defined; None for every token."""
         return self._scope_of(concept, self.token_concepts, self.scopes)
@@ -145,6 +162,24 @@ class ConceptLabels:
             self.sequences[:, ks], self.sequence_concepts.iloc[ks].reset_index(drop=True),
             dict(self.scopes), dict(self.sequence_scopes), self.measures,
         )
+
+
+def _clip(text: str, n: int = 150) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _by_source(table: pd.DataFrame) -> str:
+    """``"anarci 140 (imgt 128, region 7, ...); user 5 (label 2, ...)"``: concepts per source and group (the text
+    before ``=``; concepts without one are counted as ``other``)."""
+    sources = table["source"].astype(str).tolist() if "source" in table.columns else [""] * len(table)
+    counts: dict[str, dict[str, int]] = {}
+    for name, source in zip(table["concept"].astype(str), sources):
+        groups = counts.setdefault(source, {})
+        g = name.split("=", 1)[0] if "=" in name else "other"
+        groups[g] = groups.get(g, 0) + 1
+    parts = [f"{source or '(no source)'} {sum(groups.values())} (" + ", ".join(f"{g} {k}" for g, k in groups.items())
+             + ")" for source, groups in counts.items()]
+    return "; ".join(parts)
 
 
 def _scope_name(value: Any) -> str:

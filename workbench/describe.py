@@ -305,6 +305,7 @@ def describe_features(
     names: Sequence[str] | None = None,
     alpha: float = DESCRIBE_ALPHA,
     min_f1: float = DESCRIBE_MIN_F1,
+    units: tuple[str, str] = ("tokens", "sequences"),
 ) -> pd.DataFrame:
     """A one-line description of every feature from its statistics (index = feature name).
 
@@ -325,7 +326,8 @@ def describe_features(
     and its clause (``"90% shm=mutated in scope"``) also needs at least 20% of the mass in scope.
     With ``token_sequence`` (the store-order sequence index of every token) the firing clause also gives the share
     of sequences the feature fires in. ``stats`` (a :class:`FeatureStats` accumulated elsewhere, for example shard by
-    shard) replaces ``features`` and ``token_sequence``; ``names`` are then the feature names.
+    shard) replaces ``features`` and ``token_sequence``; ``names`` are then the feature names. ``units`` names what
+    is counted (``("positions", "images")`` for an image catalog).
     """
     import pandas as pd
 
@@ -372,9 +374,9 @@ def describe_features(
         if nnz[j] == 0:
             descriptions.append("dead")
             continue
-        fires = f"fires {_pct(density[j])} of tokens"
+        fires = f"fires {_pct(density[j])} of {units[0]}"
         if seq_frac is not None:
-            fires += f" in {_pct(seq_frac[j])} of sequences"
+            fires += f" in {_pct(seq_frac[j])} of {units[1]}"
         concept = out["top_concept"].iat[j]
         f1, q = out["top_f1"].iat[j], out["top_q"].iat[j]
         if concept is None or not np.isfinite(f1) or f1 <= 0:

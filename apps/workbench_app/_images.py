@@ -30,13 +30,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DISPLAY_PX", "TILE_PX", "Tile", "is_image_catalog", "display_factor", "grey_rgb", "overlay", "image_table", "image_values",
-    "cached_examples", "render_image", "render_overlay", "example_tiles", "image_caption", "colour_ramp",
+    "cached_examples", "render_image", "render_overlay", "example_tiles", "image_caption", "colour_ramp", "side_by_side",
+    "alpha_slider",
+    "ALPHA_KEY", "overlay_alpha",
 ]
 
 DISPLAY_PX = 168
 """Images smaller than this are upscaled by an integer factor (pixel repetition, so they stay sharp) towards it."""
 TILE_PX = 180
 """Display width of an image tile in the pages (captions wrap under it)."""
+ALPHA_KEY = "_im_alpha"
+"""Session key of the overlay opacity slider (shared by the pages that draw overlays)."""
+DEFAULT_ALPHA = 0.7
+GAP_PX = 6
+"""White gap between the plain image and its overlay in a side-by-side tile."""
 
 
 # ------------------------------------------------------------------------------------------------------------ pure
@@ -83,6 +90,16 @@ def _upscale(img: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return img
     return np.repeat(np.repeat(img, int(scale), axis=0), int(scale), axis=1)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, *, gap: int = GAP_PX) -> np.ndarray:
+    """Two ``(H, W, 3)`` uint8 images of one height next to each other with a white ``gap`` between them and twice
+    that after them (so that pairs drawn in a row stay apart)."""
+    left, right = np.asarray(left), np.asarray(right)
+    if left.ndim != 3 or right.ndim != 3 or left.shape[0] != right.shape[0] or left.shape[2] != right.shape[2]:
+        raise InputError(f"side_by_side needs two (H, W, 3) images of one height, got {left.shape} and {right.shape}")
+    white = np.full((left.shape[0], max(0, int(gap)), left.shape[2]), 255, dtype=np.uint8)
+    return np.concatenate([left.astype(np.uint8), white, right.astype(np.uint8), white, white], axis=1)
 
 
 def grey_rgb(pixels: Any, *, scale: int = 1) -> np.ndarray:
@@ -210,19 +227,46 @@ def render_image(cat: Catalog, image_id: str) -> np.ndarray:
     return _render(str(cat.path), str(image_id), cat)
 
 
-def render_overlay(cat: Catalog, fid: str, image_id: str) -> np.ndarray | None:
-    """The feature's activation map over an image as display-ready RGB uint8, cached per catalog, feature and image;
-    None when the catalog stores no map of this feature on this image (it is not one of the feature's examples)."""
+def overlay_alpha() -> float:
+    """The overlay opacity the user set with the slider (:data:`ALPHA_KEY`), else the default."""
+    import streamlit as st
+
+    value = st.session_state.get(ALPHA_KEY, DEFAULT_ALPHA)
+    return float(value) if isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0 else DEFAULT_ALPHA
+
+
+def alpha_slider(where: Any = None) -> float:
+    """The overlay opacity slider (one per page; its value is shared by every overlay drawn)."""
+    import streamlit as st
+
+    if ALPHA_KEY not in st.session_state:
+        st.session_state[ALPHA_KEY] = DEFAULT_ALPHA
+    (where or st).slider("Overlay opacity", min_value=0.0, max_value=1.0, step=0.05, key=ALPHA_KEY,
+                         help="Opacity of the activation colour where the feature is at its maximum (it fades with the "
+                              "activation; 0 shows the plain image)")
+    return overlay_alpha()
+
+
+def render_overlay(cat: Catalog, fid: str, image_id: str, *, alpha: float | None = None,
+                   paired: bool = False) -> np.ndarray | None:
+    """The feature's activation map over an image as display-ready RGB uint8: each cell of the layer's grid covers
+    its own block of pixels (nearest, cell-aligned, :meth:`Catalog.heatmap`), with opacity ``alpha`` (default: the
+    slider's) at the feature's maximum. ``paired``: the plain image on the left, the overlay on the right. Cached
+    per catalog, feature, image and opacity; None when the catalog stores no map of this feature on this image (it
+    is not one of the feature's examples)."""
     import streamlit as st
 
     @st.cache_data(show_spinner=False, max_entries=4096)
-    def _render(path: str, fid: str, image_id: str, _cat: Any) -> np.ndarray | None:
+    def _render(path: str, fid: str, image_id: str, alpha: float, paired: bool, _cat: Any) -> np.ndarray | None:
         ex = next((e for e in cached_examples(_cat, fid) if str(e.sequence_id) == image_id), None)
         if ex is None:
             return None
-        return overlay(_cat.image(image_id), _cat.heatmap(ex.activations), scale=_scale(_cat))
+        pixels = _cat.image(image_id)
+        out = overlay(pixels, _cat.heatmap(ex.activations, mode="nearest"), alpha=alpha, scale=_scale(_cat))
+        return side_by_side(grey_rgb(pixels, scale=_scale(_cat)), out) if paired else out
 
-    return _render(str(cat.path), str(fid), str(image_id), cat)
+    return _render(str(cat.path), str(fid), str(image_id), round(overlay_alpha() if alpha is None else float(alpha), 3),
+                   bool(paired), cat)
 
 
 def image_caption(cat: Catalog, image_id: str, *, extra: str = "") -> str:
@@ -253,14 +297,14 @@ class Tile:
     caption: str
 
 
-def example_tiles(cat: Catalog, fid: str) -> list[Tile]:
-    """The feature's examples as overlays with captions (id, label, model p, kind, max activation), in the
-    catalog's order: top images first, then the quantile-bin samples."""
+def example_tiles(cat: Catalog, fid: str, *, paired: bool = False) -> list[Tile]:
+    """The feature's examples as overlays (``paired``: beside the plain image) with captions (id, label, model p,
+    kind, max activation), in the catalog's order: top images first, then the quantile-bin samples."""
     tiles = []
     for ex in cached_examples(cat, fid):
         sid = str(ex.sequence_id)
         top = float(np.max(ex.activations)) if len(ex.activations) else 0.0
-        img = render_overlay(cat, fid, sid)
+        img = render_overlay(cat, fid, sid, paired=paired)
         if img is None:  # pragma: no cover - every example has a map
             img = render_image(cat, sid)
         kind = str(ex.kind)
@@ -277,20 +321,21 @@ def bin_start(kind: str) -> float:
         return -1.0
 
 
-def show_example_grid(cat: Catalog, fid: str, *, bins_note: str) -> bool:
-    """Draw the feature's top images, then its quantile-bin samples (highest bin first), as overlays; False when the
-    feature has no examples (nothing drawn)."""
+def show_example_grid(cat: Catalog, fid: str, *, bins_note: str, paired: bool = True) -> bool:
+    """Draw the feature's top images, then its quantile-bin samples (highest bin first), each as the plain image
+    beside its overlay (``paired``; else the overlay alone); False when the feature has no examples (nothing drawn)."""
     import streamlit as st
 
-    tiles = example_tiles(cat, fid)
+    tiles = example_tiles(cat, fid, paired=paired)
     if not tiles:
         return False
+    width = 2 * TILE_PX + 3 * GAP_PX if paired else TILE_PX
     top = [t for t in tiles if t.kind == "top"]
     rest = sorted((t for t in tiles if t.kind != "top"), key=lambda t: bin_start(t.kind), reverse=True)
-    st.markdown(f"**Top-activating images** ({len(top)})")
+    st.markdown(f"**Top-activating images** ({len(top)})" + (": each plain, then with the map" if paired else ""))
     if top:
-        st.image([t.image for t in top], caption=[t.caption for t in top], width=TILE_PX)
+        st.image([t.image for t in top], caption=[t.caption for t in top], width=width)
     if rest:
         st.markdown(f"**Images from the activation quantiles** ({len(rest)}: {bins_note})")
-        st.image([t.image for t in rest], caption=[t.caption for t in rest], width=TILE_PX)
+        st.image([t.image for t in rest], caption=[t.caption for t in rest], width=width)
     return True

@@ -39,7 +39,7 @@ __all__ = [
     "activation_color", "parse_positions", "imgt_region", "tokens_of", "residues_html", "examples_html",
     "legend_html", "feature_maxima", "cached_feature", "cached_neighbors", "cached_search", "feature_labels",
     "example_rows", "open_feature", "resolve_feature", "csv_download", "table_downloads", "distinct_palette",
-    "asked_feature", "obs_matrix",
+    "asked_feature", "obs_matrix", "units", "example_concepts",
 ]
 
 FEATURES_PAGE = "app_pages/features.py"
@@ -60,6 +60,23 @@ _HOT = (214, 39, 40)
 
 # ------------------------------------------------------------------------------------------------------------ formatting
 from workbench._catalog_encode import is_missing  # noqa: E402 - one definition, shared with the catalog's encoding
+
+
+def units(cat: Any) -> Any:
+    """What the catalog's rows and tokens are called (:attr:`workbench.catalog.Catalog.units`): images and grid
+    positions for image catalogs, sequences and residues otherwise."""
+    from workbench.catalog import Units
+
+    found = getattr(cat, "units", None)
+    return found if isinstance(found, Units) else Units("sequence", "sequences", "residue", "residues")
+
+
+def example_concepts(cat: Any, *, n: int = 2) -> list[str]:
+    """The ``n`` most common top concepts of the catalog's features (for placeholders: examples that exist)."""
+    var = cat.features
+    if "top_concept" not in var.columns:
+        return []
+    return [str(c) for c in var["top_concept"].dropna().astype(str).value_counts().index[:n]]
 
 
 def fmt_num(value: Any, *, digits: int = 3) -> str:

@@ -196,6 +196,23 @@ def _print_summary(catalog: Any, path: Path) -> None:
         + f" (the model: {s.get('model_test_auroc')})",
     ]
     for name, g in (s.get("causal_groups") or {}).items():
+        control = (f"; the same amount along random directions {g['dlogit_random']:+.2f}: "
+                   + ("beyond the control" if g.get("beyond_control") else "NOT beyond the control (no evidence of use)")
+                   if "dlogit_random" in g else "")
         lines.append(f"causal: ablating {name}: {s.get('pathology')} logit change {g['dlogit_firing']:+.2f}, "
-                     f"calls flipped {100 * g['flip_fraction']:.0f}% of {g['n_images']} images")
+                     f"calls flipped {100 * g['flip_fraction']:.0f}% of {g['n_images']} images{control}")
+    if "causal_beyond_control" in s:
+        lines.append(f"causal, single features: {s['causal_beyond_control']} of {len(s.get('causal_features', [])) or '?'} move "
+                     "the logit more than a random direction of the same size (paired Wilcoxon, p < 0.05)")
+    errors, kinds = s.get("model_test_errors") or {}, s.get("disagreements") or {}
+    if errors:
+        lines.append(f"model errors on the {errors.get('images')} test images: {errors.get('model_wrong')} "
+                     f"({errors.get('false_positive')} called {s.get('pathology')} wrongly, {errors.get('false_negative')} missed); "
+                     + ", ".join(f"{k}: {v}" for k, v in kinds.items() if v))
+    fixed = s.get("pathology_fixed_region") or {}
+    if fixed.get("features"):
+        lines.append(f"possible shortcuts: {len(fixed['features'])} of {fixed.get('of')} pathology features hold >= "
+                     f"{100 * fixed['threshold']:.0f}% of their activation on the same {100 * fixed.get('cells_share', 0.05):.0f}% of "
+                     "the frame "
+                     f"({', '.join(fixed['features'][:5])}{' ...' if len(fixed['features']) > 5 else ''})")
     print("\n".join(lines), flush=True)

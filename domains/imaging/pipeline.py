@@ -103,7 +103,10 @@ def annotate_images(
     from workbench.sae import load_sae
     from workbench.store import ActivationStore, open_store
 
-    from .analysis import disagreements, pathology_association, pathology_effects, pathology_features, pooled_features
+    from .analysis import (
+        DISAGREEMENT_KINDS, REGION_CELLS, SHORTCUT_SHARE, disagreement_counts, disagreements, frame_concentration,
+        pathology_association, pathology_effects, pathology_features, pooled_features,
+    )
     from .annotations import PROPERTY_COLUMNS, image_labels
     from .sources import SPECS, select_sources, store_records
 
@@ -195,15 +198,21 @@ def annotate_images(
             best_units[name] = {"unit": unit_names[j], "direction": "higher" if sign > 0 else "lower",
                                 "selection_auroc": round(float(a[j]), 4),
                                 "test_auroc": round(float(auroc(sign * values[eval_set][:, [j]], is_pos[eval_set])[0]), 4)}
-        return {"assoc": res, "pooled": pooled, "names": feats.names, "best_units": best_units}
+        obs = store.obs()
+        region = frame_concentration(feats.values, obs["y"].to_numpy() * int(adapter.grid[1]) + obs["x"].to_numpy(),
+                                     adapter.grid, feats.names)
+        return {"assoc": res, "pooled": pooled, "names": feats.names, "best_units": best_units, "region": region}
 
     il = timed("image-level pathology association (SAE, neurons, random control)", image_level)
     p_model = timed("model predictions", lambda: adapter.predict(ordered)[:, positive].numpy().astype(np.float64))
     model_auc = float(auroc(p_model[eval_set][:, None], is_pos[eval_set])[0])
     model_acc = float(((p_model[eval_set] >= 0.5) == is_pos[eval_set]).mean())
-    pairs = il["assoc"]["sae"].pairs
+    pairs = il["assoc"]["sae"].pairs.merge(il["region"], on="feature", how="left")
     up = pathology_features(pairs, alpha=cfg.alpha, n=max(cfg.n_causal, cfg.group_size))
     down = pathology_features(pairs, alpha=cfg.alpha, n=max(cfg.n_causal // 3, 1), direction=-1)
+    every = [f for d in (1, -1) for f in pathology_features(pairs, alpha=cfg.alpha, n=len(pairs), direction=d)]
+    share = pairs.set_index("feature")["region_share"]
+    fixed = [f for f in every if float(share.get(f, np.nan)) >= SHORTCUT_SHARE]  # possible shortcuts, listed
     causal_feats = (up[: cfg.n_causal - min(len(down), cfg.n_causal // 3)] + down)[: cfg.n_causal] if cfg.n_causal > 0 else []
     groups: dict[str, list[str]] = {}
     if cfg.n_causal > 0 and cfg.group_size > 0 and up:
@@ -216,8 +225,13 @@ def annotate_images(
     causal = timed("causal check on the pathology logit", lambda: pathology_effects(
         adapter, sae_obj, ordered, il["pooled"], il["names"], layer=layer, features=causal_feats, positive=positive,
         seed=cfg.seed, groups=groups))
-    disagree = disagreements(ids, np.where(labelled, is_pos, None), p_model, il["pooled"], il["names"], features=up[:5],
-                             splits=list(split))
+    # the features' own call is fitted on the images outside the evaluation set (a seeded half when there is none)
+    fit = labelled & ~eval_set
+    if not fit.any():
+        fit = labelled & (np.random.default_rng(cfg.seed).random(len(ids)) < 0.5)
+    disagree = disagreements(ids, np.where(labelled, is_pos, None), p_model, il["pooled"], il["names"],
+                             features=up[:5] + down[:5], fit=fit, splits=list(split))
+    kinds = disagree["kind"].astype(str).value_counts() if len(disagree) else pd.Series(dtype=int)
     images = pd.DataFrame({"image_id": ids, "split": split, "label": names, "pathology": label_col, "p_model": p_model})
     images = pd.concat([images, props.reset_index(drop=True)[PROPERTY_COLUMNS]], axis=1)
     per_rep = {name: res.best.iloc[0] if len(res.best) else None for name, res in il["assoc"].items()}
@@ -231,6 +245,8 @@ def annotate_images(
         "model_eval_split": "test" if held.any() else "all labelled images",
         "model_test_auroc": round(model_auc, 4),
         "model_test_accuracy": round(model_acc, 4),
+        "model_test_errors": disagreement_counts(np.where(labelled, is_pos, None), p_model, mask=eval_set),
+        "disagreements": {k: int(kinds.get(k, 0)) for k in DISAGREEMENT_KINDS},
         "pathology_significant_adjusted": field("n_significant_adjusted", int),
         "pathology_significant_unadjusted": field("n_significant", int),
         "pathology_features_tested": field("n_features", int),
@@ -241,15 +257,21 @@ def annotate_images(
         "best_feature_test_auroc": il["best_units"]["sae"]["test_auroc"],
         "best_unit_test_auroc": {name: b["test_auroc"] for name, b in il["best_units"].items()},
         "best_units": il["best_units"],
+        "pathology_fixed_region": {"threshold": SHORTCUT_SHARE, "cells_share": REGION_CELLS, "features": fixed,
+                                   "of": len(every)},
         "causal_median_abs_dlogit_firing": _median(causal[causal["kind"] == "feature"]["abs_dlogit_firing"]),
+        "causal_median_abs_dlogit_random": _median(causal[causal["kind"] == "feature"]["abs_dlogit_random"]),
+        "causal_beyond_control": int(causal[causal["kind"] == "feature"]["beyond_control"].sum()),
+        "causal_features": [str(f) for f in causal_feats],
         "causal_groups": {r.feature: {"dlogit_firing": round(float(r.dlogit_firing), 4), "flip_fraction": round(float(r.flip_fraction), 4),
-                                      "n_images": int(r.n_firing)} for r in causal[causal["kind"] == "group"].itertuples()},
+                                      "dlogit_random": round(float(r.dlogit_random), 4),
+                                      "beyond_control": bool(r.beyond_control), "n_images": int(r.n_firing)} for r in causal[causal["kind"] == "group"].itertuples()},
         "image_annotate_config": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(cfg).items()},
         "image_annotate_seconds": timings,
         **dict(summary_extra or {}),
     }
     tables = {
-        "pooled_association": il["assoc"]["sae"].pairs,
+        "pooled_association": pairs,
         "pooled_association_neurons": il["assoc"]["neurons"].pairs,
         "pooled_best": pd.concat([res.best.assign(representation=name) for name, res in il["assoc"].items()], ignore_index=True),
         "pathology_causal": causal,

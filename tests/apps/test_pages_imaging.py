@@ -30,8 +30,9 @@ from workbench.errors import InputError  # noqa: E402
 APP = Path(__file__).resolve().parents[2] / "apps" / "workbench_app" / "app.py"
 PAGES = {"overview": "Overview", "features": "Feature browser", "images": "Images", "concepts": "Concept explorer",
          "discovery": "Discovery", "atlas": "Feature atlas", "live": "Live input"}
-INJECTED = {"f00005": (0.82, 1e-4), "f00009": (0.21, 3e-3), "f00012": (0.66, 0.02)}
-"""Features given a significant adjusted association in the copy with findings: adjusted AUROC, adjusted q."""
+INJECTED = {"f00005": (0.82, 1e-4, 0.93), "f00009": (0.21, 3e-3, 0.35), "f00012": (0.66, 0.02, 0.41)}
+"""Features given a significant adjusted association in the copy with findings: adjusted AUROC, adjusted q, and the
+share of the activation mass on the same 5% of the frame (f00005: a possible shortcut)."""
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +45,27 @@ def findings_catalog(imaging_catalog: Path, tmp_path_factory: pytest.TempPathFac
     adata = ad.read_h5ad(Catalog.open(imaging_catalog).path)
     tables = dict(adata.uns["tables"])
     pooled = tables["pooled_association"].copy()
-    for fid, (auc, q) in INJECTED.items():
+    pooled["region_share"] = 0.3
+    pooled["region"], pooled["region_cells"] = "middle centre", "r3c3"
+    for fid, (auc, q, share) in INJECTED.items():
         rows = (pooled["feature"].astype(str) == fid).to_numpy()
         # raw AUROC, partial correlation and adjusted AUROC all on the same side of chance
-        pooled.loc[rows, ["auroc", "partial_r", "auroc_adjusted", "q_adjusted"]] = [auc, 2 * (auc - 0.5), auc, q]
+        pooled.loc[rows, ["auroc", "partial_r", "auroc_adjusted", "q_adjusted", "region_share"]] = [
+            auc, 2 * (auc - 0.5), auc, q, share]
         adata.var.loc[fid, ["pathology_auroc", "pathology_auroc_adjusted", "pathology_q_adjusted"]] = [auc, auc, q]
     tables["pooled_association"] = pooled
     tables["pathology_causal"] = pd.DataFrame({
-        "rank": [1, 2], "feature": ["f00005", "f00009"], "n_firing": [20, 18], "n_other": [20, 20],
-        "mean_activation_firing": [0.4, 0.3], "dlogit_firing": [-0.8, 0.5], "dlogit_other": [-0.01, 0.02],
-        "abs_dlogit_firing": [0.8, 0.5], "flip_fraction": [0.25, 0.1]})
+        "rank": [1, 2], "feature": ["f00005", "f00009"], "kind": ["feature"] * 2, "n_features": [1, 1],
+        "n_firing": [20, 18], "mean_activation_firing": [0.4, 0.3], "dlogit_firing": [-0.8, 0.5],
+        "dlogit_random": [-0.05, 0.45], "abs_dlogit_firing": [0.8, 0.5], "abs_dlogit_random": [0.06, 0.48],
+        "flip_fraction": [0.25, 0.1], "flip_fraction_random": [0.0, 0.1], "p_vs_random": [1e-4, 0.6],
+        "beyond_control": [True, False]})
     ids = [str(i) for i in tables["images"]["image_id"]]
     tables["disagreements"] = pd.DataFrame({
-        "rank": [1, 2, 1], "kind": ["model normal, features high"] * 2 + ["model pathology, features silent"],
-        "image_id": [ids[3], ids[50], ids[100]], "split": ["train", "val", "test"],
-        "label": ["pneumonia", "normal", "normal"], "p_model": [0.3, 0.2, 0.8], "score": [0.95, 0.91, 0.05],
-        "model_correct": [False, True, False], "features": ["f00005,f00012"] * 3})
+        "rank": [1, 2, 1], "kind": ["model wrong, features right"] * 2 + ["model and features both wrong"],
+        "image_id": [ids[3], ids[50], ids[100]], "split": ["test"] * 3,
+        "label": ["pneumonia", "normal", "normal"], "p_model": [0.3, 0.8, 0.8], "p_features": [0.9, 0.1, 0.7],
+        "model_correct": [False] * 3, "features_correct": [True, True, False], "features": ["f00005,f00012"] * 3})
     adata.uns["tables"] = tables
     return write_catalog(adata, tmp_path_factory.mktemp("imaging_findings") / "catalog")
 
@@ -238,16 +244,66 @@ def test_no_significant_features_is_said(imaging_catalog: Path, monkeypatch: pyt
 
 
 def test_causal_table_and_disagreements(findings_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cat = Catalog.open(findings_catalog)
     at = _open(monkeypatch, findings_catalog, "images")
-    causal = _frame(at, "dlogit_firing", "flip_fraction")
+    causal = _frame(at, "dlogit_firing", "dlogit_random", "beyond_control")
     assert list(causal["feature"]) == ["f00005", "f00009"]
     assert causal["description"].notna().all()
-    disagree = Catalog.open(findings_catalog).table("disagreements")
-    shown = {c.split(" · ")[0] for img in at.image for c in img.captions if "score" in c}
+    # the feature its control explains as well is said not to be evidence
+    assert any("1 of 2 ablated features move the pneumonia logit more than a random direction" in w.value
+               and "explained as well by the control" in w.value for w in at.warning)
+    disagree = cat.table("disagreements")
+    shown = {c.split(" · ")[0] for img in at.image for c in img.captions if "features p" in c}
     assert shown == set(disagree["image_id"].astype(str))  # a thumbnail of each (both kinds)
-    assert "**model normal, features high** (2 images)" in _markdown(at)
+    text = _markdown(at)
+    assert "**model wrong, features right** (2 images)" in text and "**model and features both wrong** (1 images)" in text
+    # the model's own errors on the test images, from the images table
+    images_table = cat.table("images")
+    test = images_table[images_table["split"].astype(str) == "test"]
+    wrong = int(((test["p_model"] >= 0.5) != (test["label"].astype(str) == "pneumonia")).sum())
+    assert f"**The model is wrong on {wrong:,} of {len(test):,} test images**" in text
     keys = {b.key for b in at.download_button}
     assert {"_im_path_csv", "_im_causal_csv", "_im_disagree_csv"} <= keys
+
+
+def test_shortcut_warning_for_a_feature_fixed_in_the_frame(findings_catalog: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open(monkeypatch, findings_catalog, "images", feature="f00005")
+    assert any(w.value.startswith("Possible shortcut: 93% of this feature's activation") for w in at.warning)
+    table = _frame(at, "feature", "region_share")
+    assert table.set_index("feature").at["f00005", "region_share"] == pytest.approx(0.93)
+    assert any("1 of these 3 features hold" in w.value for w in at.warning)  # the table's warning names it
+    at = _open(monkeypatch, findings_catalog, "images", feature="f00009")
+    assert not any(w.value.startswith("Possible shortcut") for w in at.warning)
+    assert any("35% of its activation mass" in c.value for c in at.caption)
+
+
+def test_overlays_sit_beside_the_plain_image_with_an_opacity_slider(imaging_catalog: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cat = Catalog.open(imaging_catalog)
+    fid = "f00001"
+    ex = next(e for e in cat.examples(fid) if e.kind == "top")
+    scale = images.display_factor(28)
+    plain = images.grey_rgb(cat.image(ex.sequence_id), scale=scale)
+
+    heat = cat.heatmap(ex.activations)
+    gy, gx = divmod(int(np.argmax(ex.activations)), 7)  # cell-aligned: the hottest cell covers its own 4x4 block
+    assert np.all(heat[gy * 4 : gy * 4 + 4, gx * 4 : gx * 4 + 4] == np.max(ex.activations))
+
+    at = _open(monkeypatch, imaging_catalog, "images", feature=fid)
+    slider = at.slider(key=images.ALPHA_KEY)
+    assert slider.value == pytest.approx(0.7)
+    tile = images.render_overlay(cat, fid, ex.sequence_id, alpha=0.7, paired=True)  # what the page draws
+    assert tile.shape == (28 * scale, 2 * 28 * scale + 3 * images.GAP_PX, 3)
+    assert np.array_equal(tile[:, : 28 * scale], plain)  # the plain image on the left, then a gap and the overlay
+    right = tile[:, 28 * scale + images.GAP_PX : 2 * 28 * scale + images.GAP_PX]
+    assert np.array_equal(right, images.overlay(cat.image(ex.sequence_id), heat, alpha=0.7, scale=scale))
+    assert (tile[:, 28 * scale : 28 * scale + images.GAP_PX] == 255).all() and (tile[:, -2 * images.GAP_PX :] == 255).all()
+    slider.set_value(0.0).run()
+    assert_ok(at)
+    off = images.render_overlay(cat, fid, ex.sequence_id, alpha=0.0, paired=True)
+    assert np.array_equal(off[:, 28 * scale + images.GAP_PX : 2 * 28 * scale + images.GAP_PX], plain)  # opacity 0
+    assert at.session_state[images.ALPHA_KEY] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------ other pages

@@ -97,6 +97,50 @@ def test_missing_annotations_options() -> None:
         missing_annotations(feats, labels, assoc, obs.iloc[:-1])
 
 
+def test_labels_given_per_whole_sequence_give_one_row_per_sequence() -> None:
+    """An image's label broadcast to its positions: a candidate is the image, not a stretch of it."""
+    from workbench._annotate_tables import _summary
+    from workbench.discovery._spans import whole_sequence_concepts
+
+    obs = _obs(["A", "B", "C"], 6)
+    labels = labels_from_spans(obs, pd.DataFrame({
+        "sequence_id": ["A", "B", "C", "A"], "start": [1, 1, 1, 2], "end": [6, 6, 6, 3],
+        "concept": ["label=yes", "label=no", "label=no", "part=x"]}))
+    names = labels.token_concepts["concept"].tolist()
+    seq = np.repeat(np.arange(3), 6)
+    whole = dict(zip(names, whole_sequence_concepts(labels, seq)))
+    assert whole == {"label=no": True, "label=yes": True, "part=x": False}  # label=no: B and C wholly, A not at all
+    dense = np.zeros((18, 1))
+    dense[0:6, 0] = 1.0  # f0 marks label=yes on A
+    dense[[7, 10, 11], 0] = [0.5, 0.9, 0.3]  # and fires on B at positions 2, 5 and 6 (not neighbours)
+    assoc = _association([_pair("f00000", "label=yes", threshold=0.1, f1=0.9, precision=0.8, q=1e-3)])
+    table = missing_annotations(_matrix(dense), labels, assoc, obs)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["sequence_id"], row["start"], row["end"], row["n_tokens"]) == ("B", 2, 6, 3)
+    assert bool(row["whole_sequence"]) and not bool(row["adjacent"]) and row["kind"] == "conflict"
+    assert row["score"] == pytest.approx(0.9 * 0.8)
+    text = _summary({"missing_annotations": table})["top_missing_annotations"][0]
+    assert text.startswith("label=yes for B (whole; 3 tokens fire) (conflict; f00000")
+    # a concept on stretches keeps its spans: part=x fires apart on A 5 and 6 -> one span 5-6
+    dense2 = np.zeros((18, 1))
+    dense2[[1, 2], 0] = 1.0
+    dense2[[4, 5], 0] = 0.7
+    assoc2 = _association([_pair("f00000", "part=x", threshold=0.1, f1=0.9, precision=0.8, q=1e-3)])
+    spans = missing_annotations(_matrix(dense2), labels, assoc2, obs)
+    assert spans[["start", "end"]].values.tolist() == [[5, 6]] and not spans["whole_sequence"].any()
+
+
+def test_summary_of_unexplained_features_skips_empty_parts() -> None:
+    from workbench._annotate_tables import _summary
+
+    table = pd.DataFrame({"feature": ["f1", "f2"], "top_residues": ["", "C 40%"], "profile": ["frame_row=top 90%", ""],
+                          "strata_share": [0.05, 0.5]})
+    lines = _summary({"unexplained_features": table})["top_unexplained_features"]
+    assert lines == ["f1: frame_row=top 90%; strata explain 5% of its variance",
+                     "f2: C 40%; strata explain 50% of its variance"]
+
+
 def test_numbering_artefacts_rank_last_and_stratified_pairs_first() -> None:
     """Sequence A (16 residues) is numbered at 3-5 and 7-14 (IMGT-like group ``num``; 1-2, 6 and 15-16 are not);
     concept X sits at 4-5. f0 fires unlabelled at 1 (before the numbering), 6 (a gap), 8 (inside), 14 (the last

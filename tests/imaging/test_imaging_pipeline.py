@@ -44,15 +44,20 @@ def test_pixels_and_heatmaps_round_trip(imaging_catalog: Path) -> None:
     top = examples[0]
     by_id = {r.id: r for r in read_medmnist(bundled("pneumoniamnist"))}
     np.testing.assert_array_equal(cat.image(top.sequence_id), by_id[top.sequence_id].image)
+    # nearest (default): every cell of the 7x7 grid covers its own 4x4 block of the 28x28 image, exactly
     heat = cat.heatmap(top.activations)
-    assert heat.shape == (28, 28) and heat.max() > 0
-    # the hottest 4x4 block of the upsampled map sits over the hottest grid cell
-    cell = int(np.argmax(top.activations))
-    gy, gx = divmod(cell, 7)
-    block = heat[gy * 4 : gy * 4 + 4, gx * 4 : gx * 4 + 4].mean()
-    assert block >= np.sort([heat[i * 4 : i * 4 + 4, j * 4 : j * 4 + 4].mean() for i in range(7) for j in range(7)])[-3]
+    assert heat.shape == (28, 28) and heat.dtype == np.float32
+    np.testing.assert_array_equal(heat, np.kron(np.asarray(top.activations, np.float32).reshape(7, 7), np.ones((4, 4))))
+    # bilinear: smooth, and its hottest 4x4 block still sits over the hottest grid cell
+    smooth = cat.heatmap(top.activations, mode="bilinear")
+    assert smooth.shape == (28, 28) and smooth.max() > 0 and not np.array_equal(smooth, heat)
+    gy, gx = divmod(int(np.argmax(top.activations)), 7)
+    block = smooth[gy * 4 : gy * 4 + 4, gx * 4 : gx * 4 + 4].mean()
+    assert block >= np.sort([smooth[i * 4 : i * 4 + 4, j * 4 : j * 4 + 4].mean() for i in range(7) for j in range(7)])[-3]
     with pytest.raises(Exception, match="grid"):
         cat.heatmap(np.zeros(10))
+    with pytest.raises(Exception, match="nearest"):
+        cat.heatmap(top.activations, mode="cubic")
 
 
 def test_pathology_effects_measure_the_logit(tiny_vision_card: Path, tmp_path: Path) -> None:
@@ -73,35 +78,55 @@ def test_pathology_effects_measure_the_logit(tiny_vision_card: Path, tmp_path: P
     by_id = {r.id: r for r in recs}
     ordered = [by_id[i] for i in ids]
     live = [feats.names[j] for j in np.argsort(-(pooled > 0).sum(0))[:2]]
-    table = pathology_effects(adapter, sae, ordered, pooled, feats.names, layer=3, features=live, positive=1, n_images=5)
-    assert list(table["feature"]) == live and (table["n_firing"] > 0).all()
+    table = pathology_effects(adapter, sae, ordered, pooled, feats.names, layer=3, features=live, positive=1, n_images=5,
+                              groups={"both": live})
+    assert list(table["feature"]) == live + ["both"] and (table["n_firing"] > 0).all()
     assert (table["abs_dlogit_firing"] > 0).all()
-    # images where a feature is silent are untouched by its ablation
-    assert np.allclose(table["dlogit_other"].fillna(0.0), 0.0, atol=1e-5)
+    # the control removes as much along a random direction of the same norm: it moves the logit, by another amount
+    assert (table["abs_dlogit_random"] > 0).all() and not np.allclose(table["dlogit_random"], table["dlogit_firing"])
+    assert table["beyond_control"].dtype == bool
+    assert ((table["p_vs_random"] < 0.05) == table["beyond_control"]).all()
+    again = pathology_effects(adapter, sae, ordered, pooled, feats.names, layer=3, features=live, positive=1, n_images=5)
+    np.testing.assert_allclose(again["dlogit_random"], table["dlogit_random"][:2], rtol=1e-5)  # seeded
     with pytest.raises(Exception, match="no features"):
         pathology_effects(adapter, sae, ordered, pooled, feats.names, layer=3, features=["f99999"], positive=1)
 
 
 def test_disagreements_pick_the_right_images() -> None:
-    from domains.imaging.analysis import disagreements
+    from domains.imaging.analysis import DISAGREEMENT_KINDS, disagreement_counts, disagreements
 
     rng = np.random.default_rng(0)
-    n = 100
-    pooled = rng.random((n, 3))
-    p_model = rng.random(n)
-    pooled[0] = 10.0  # strongest pathology features
-    p_model[0] = 0.05  # but the model says normal
-    pooled[1] = -1.0
-    p_model[1] = 0.99
-    label = np.zeros(n, bool)
-    label[0] = True
-    table = disagreements([f"i{i}" for i in range(n)], label, p_model, pooled, ["a", "b", "c"], features=["a", "b"])
-    high = table[table["kind"] == "model normal, features high"]
-    silent = table[table["kind"] == "model pathology, features silent"]
-    assert high.iloc[0]["image_id"] == "i0" and not bool(high.iloc[0]["model_correct"])
-    assert silent.iloc[0]["image_id"] == "i1"
-    assert (high["p_model"] < 0.5).all() and (silent["p_model"] >= 0.5).all()
-    assert disagreements(["x"], label[:1], p_model[:1], pooled[:1], ["a", "b", "c"], features=[]).empty
+    n = 200
+    label = np.arange(n) % 2 == 0
+    pooled = rng.normal(size=(n, 3))
+    pooled[:, 0] += 3.0 * label  # feature "a" tracks the pathology
+    fit = np.arange(n) < 120
+    p_model = np.where(label, 0.9, 0.1)
+    p_model[120] = 0.02  # a pathology image (even index) the model calls normal, its features high
+    pooled[120, 0] = 6.0
+    p_model[122] = 0.03  # a pathology image called normal whose features are low: both wrong
+    pooled[122, 0] = -4.0
+    p_model[124] = 0.95  # right, but the features read it as normal
+    pooled[124, 0] = -5.0
+    lab = label.astype(object)
+    lab[199] = None  # unlabelled, the model says normal, the features pathology
+    p_model[199], pooled[199, 0] = 0.2, 7.0
+    table = disagreements([f"i{i}" for i in range(n)], lab, p_model, pooled, ["a", "b", "c"], features=["a", "b"],
+                          fit=fit, splits=["s"] * n)
+    assert not table["image_id"].isin([f"i{i}" for i in range(120)]).any()  # fitting images are not reported
+    first = table.groupby("kind").first()
+    assert first.loc[DISAGREEMENT_KINDS[0], "image_id"] == "i120"
+    assert first.loc[DISAGREEMENT_KINDS[1], "image_id"] == "i122"
+    assert first.loc[DISAGREEMENT_KINDS[2], "image_id"] == "i124"
+    assert first.loc[DISAGREEMENT_KINDS[4], "image_id"] == "i199"
+    row = table.set_index("image_id").loc["i120"]
+    assert row["model_correct"] is False and row["features_correct"] is True and row["p_features"] > 0.5
+    assert set(table["rank"][table["kind"] == DISAGREEMENT_KINDS[1]]) == set(range(1, 1 + (table["kind"] == DISAGREEMENT_KINDS[1]).sum()))
+    counts = disagreement_counts(lab, p_model, mask=~fit)
+    assert counts == {"images": 79, "model_wrong": 2, "false_positive": 0, "false_negative": 2}
+    assert disagreements(["x"], lab[:1], p_model[:1], pooled[:1], ["a", "b", "c"], features=[], fit=fit[:1]).empty
+    with pytest.raises(Exception, match="no features"):
+        disagreements([f"i{i}" for i in range(n)], lab, p_model, pooled, ["a"], features=["z"], fit=fit)
 
 
 def test_cli_extract_train_annotate_an_image_store(tiny_vision_card: Path, tmp_path: Path,
@@ -171,3 +196,28 @@ def test_model_loss_and_causal_check_on_a_non_default_layer(tiny_vision_card: Pa
     batch = next(fresh.batches(recs, tokens_per_batch=49 * 2))
     with pytest.raises(ModelError, match="prepare"):
         fresh.run_with_edit(batch, 2, lambda h: h)
+
+
+def test_frame_concentration_finds_features_fixed_in_the_frame() -> None:
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from domains.imaging.analysis import frame_concentration
+
+    rng = np.random.default_rng(0)
+    n_images, cells = 40, 49
+    cell = np.tile(np.arange(cells), n_images)
+    values = np.zeros((n_images * cells, 3))
+    values[:, 0] = rng.random(len(cell))  # spread over the whole frame
+    values[cell == 24, 1] = 1.0  # always the centre cell (row 3, column 3)
+    values[(cell == 0) | (cell == 1), 1] = 0.05
+    table = frame_concentration(sp.csr_matrix(values), cell, (7, 7), ["even", "centre", "dead"], cells_share=0.05)
+    row = table.set_index("feature")
+    assert row.at["even", "region_share"] == pytest.approx(2 / 49, abs=0.02)  # 2 cells of 49
+    assert row.at["centre", "region_share"] == pytest.approx(1.05 / 1.1)
+    assert row.at["centre", "region_cells"] == "r0c0,r3c3" and row.at["centre", "region"] == "middle centre"
+    assert np.isnan(row.at["dead", "region_share"]) and row.at["dead", "region"] == ""
+    dense = frame_concentration(values, cell, (7, 7), ["even", "centre", "dead"], cells_share=0.05)
+    pd.testing.assert_frame_equal(dense, table)
+    with pytest.raises(Exception, match="grid cells"):
+        frame_concentration(values, cell + 1, (7, 7), ["a", "b", "c"])

@@ -359,6 +359,36 @@ def test_user_labels_reject_bad_files(thera_store: ActivationStore, tmp_path: Pa
         user_labels(thera_store, tmp_path / "absent.csv")
 
 
+def test_user_labels_never_merge_into_another_sources_group(thera_store: ActivationStore, tmp_path: Path) -> None:
+    # the motif source labels every residue "aa=<residue>": a user column "aa" would join that group silently
+    column = tmp_path / "aa.csv"
+    column.write_text("sequence_id,aa,binder\nTrastuzumab|heavy,rich,yes\nAdalimumab|heavy,poor,no\n")
+    for order in (("motif", "user"), ("user", "motif")):  # wherever the user source comes
+        with pytest.raises(InputError, match=r"aa\.csv: user column 'aa' is also a concept group of the motif "
+                                             r"source; rename it \(e\.g\. 'user_aa'\)") as err:
+            sequence_labels(thera_store, sources=order, user=column)
+        assert "\n" not in str(err.value)
+    spans = tmp_path / "spans.csv"
+    spans.write_text("sequence_id,start,end,concept\nTrastuzumab|heavy,1,3,aa=paratope\n")
+    with pytest.raises(InputError, match="user span concept group 'aa' .* motif source.*'user_aa=paratope'"):
+        sequence_labels(thera_store, sources=("motif",), user=spans)
+    # other names pass, and alone (no other source) the same file is fine
+    fine = tmp_path / "fine.csv"
+    fine.write_text("sequence_id,user_aa,binder\nTrastuzumab|heavy,rich,yes\nAdalimumab|heavy,poor,no\n")
+    labels = sequence_labels(thera_store, sources=("motif",), user=fine)
+    assert {"user_aa=rich", "binder=yes"} <= set(labels.sequence_concepts["concept"])
+    assert set(user_labels(thera_store, column).sequence_concepts["concept"]) >= {"aa=rich", "aa=poor"}
+
+
+@needs_anarci
+def test_user_columns_named_like_anarci_groups_are_refused(thera_store: ActivationStore, tmp_path: Path) -> None:
+    for column in ("region", "v_family"):  # a residue group and a sequence group of ANARCI
+        path = tmp_path / f"{column}.csv"
+        path.write_text(f"sequence_id,{column}\nTrastuzumab|heavy,a\nAdalimumab|heavy,b\n")
+        with pytest.raises(InputError, match=f"user column '{column}' is also a concept group of the anarci source"):
+            sequence_labels(thera_store, sources=("anarci",), user=path)
+
+
 # ----------------------------------------------------------------------------------------------- motifs
 
 

@@ -41,16 +41,24 @@ def _sequences_for(column_rows: np.ndarray, column_vals: np.ndarray, seq: np.nda
     return firing[np.lexsort((firing, -mass[firing]))][:n]
 
 
-def feature_edit(sae: Any, feature: int | Sequence[int], *, mode: str, amount: float, state: dict[str, Any]) -> Any:
+def feature_edit(sae: Any, feature: int | Sequence[int], *, mode: str, amount: float, state: dict[str, Any],
+                 directions: Any = None) -> Any:
     """The edit function of :func:`causal_effects` for one feature, or several at once (``mode`` ``"ablate"``: remove
     their contributions; ``"steer"``: add ``amount`` (normalised units) along each decoder direction); the first call
-    stores ``state["fires"]``, the rows where any of the features fires."""
+    stores ``state["fires"]``, the rows where any of the features fires.
+
+    ``directions`` (``(n_features, d)``, normalised units) replaces the decoder rows moved along while the amounts
+    stay the features' own: a control that perturbs as much, elsewhere (for example random directions of the same
+    norms)."""
     import torch
 
     device = next(sae.parameters()).device
     scale = float(sae.input_scale) if sae.cfg.normalize else 1.0
     index = [int(feature)] if isinstance(feature, (int, np.integer)) else [int(f) for f in feature]
-    directions = sae.W_dec[index].detach().to(device=device, dtype=torch.float32) * scale  # (n, d)
+    rows = sae.W_dec[index].detach() if directions is None else torch.as_tensor(directions)
+    if tuple(rows.shape) != (len(index), sae.W_dec.shape[1]):
+        raise InputError(f"directions must have shape ({len(index)}, {sae.W_dec.shape[1]}), got {tuple(rows.shape)}")
+    directions = rows.to(device=device, dtype=torch.float32) * scale  # (n, d)
 
     def edit(h: torch.Tensor) -> torch.Tensor:
         x = h.to(device=device, dtype=torch.float32)

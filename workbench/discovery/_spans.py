@@ -120,8 +120,25 @@ def _concept_features(association: Association, concepts: Sequence[str], *, min_
 # ------------------------------------------------------------------------------------------- missing annotations
 
 
+def whole_sequence_concepts(labels: ConceptLabels, seq: np.ndarray) -> np.ndarray:
+    """Per token concept: True when it labels whole sequences, every token of a sequence or none (a label given per
+    image or per sequence and broadcast to its tokens); ``seq`` is every token's sequence index."""
+    import scipy.sparse as sp
+
+    n_tok = labels.tokens.shape[0]
+    if n_tok == 0:
+        return np.zeros(labels.tokens.shape[1], dtype=bool)
+    n_seq = int(seq.max()) + 1
+    member = sp.csr_matrix((np.ones(n_tok, dtype=np.int64), (seq, np.arange(n_tok))), shape=(n_seq, n_tok))
+    counts = (member @ labels.tokens.tocsc().astype(np.int64)).toarray()
+    length = np.bincount(seq, minlength=n_seq)[:, None]
+    return ((counts == 0) | (counts == length)).all(0) & (counts.sum(0) > 0)
+
+
 def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
-    """All candidate spans (unranked) with the store rows they cover (``row_start``, ``row_end``)."""
+    """All candidate spans (unranked) with the store rows they cover (``row_start``, ``row_end``). For a concept
+    given per whole sequence (:func:`whole_sequence_concepts`) a sequence's candidate tokens form one span, whether
+    or not they are neighbours: the label belongs to the sequence, not to a stretch of it."""
     import pandas as pd
 
     concept_names = labels.token_concepts["concept"].tolist()
@@ -130,7 +147,7 @@ def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.Dat
         ("concept", object), ("feature", object), ("sequence_id", object), ("start", np.int64), ("end", np.int64),
         ("n_tokens", np.int64), ("score", np.float64), ("max_activation", np.float64), ("feature_precision", np.float64),
         ("feature_test_f1", np.float64), ("q_value", np.float64), ("adjacent", bool), ("in_scope", bool),
-        ("row_start", np.int64), ("row_end", np.int64)]})
+        ("whole_sequence", bool), ("row_start", np.int64), ("row_end", np.int64)]})
     if chosen.empty:
         return empty
     feat = _feature_index(features, chosen["feature"].tolist())
@@ -165,9 +182,10 @@ def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.Dat
     seq, _ = _token_sequence(obs)
     pos = obs["position"].to_numpy(dtype=np.int64)
     inside = _in_scope(labels, rows, c_of)
-    new = np.r_[True, (c_of[1:] != c_of[:-1]) | (rows[1:] != rows[:-1] + 1)
-                | (seq[rows[1:]] != seq[rows[:-1]]) | (pos[rows[1:]] != pos[rows[:-1]] + 1)
-                | (inside[1:] != inside[:-1])]
+    whole = whole_sequence_concepts(labels, seq)[c_of]
+    apart = (rows[1:] != rows[:-1] + 1) | (pos[rows[1:]] != pos[rows[:-1]] + 1)
+    new = np.r_[True, (c_of[1:] != c_of[:-1]) | (apart & ~whole[1:])
+                | (seq[rows[1:]] != seq[rows[:-1]]) | (inside[1:] != inside[:-1])]
     span = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], len(rows)] - 1
@@ -186,11 +204,12 @@ def _candidate_spans(features: FeatureMatrix, labels: ConceptLabels, obs: pd.Dat
         "concept": np.asarray(concept_names, dtype=object)[c_span],
         "feature": chosen["feature"].to_numpy(dtype=object)[p_best],
         "sequence_id": obs["sequence_id"].astype(str).to_numpy()[row_start],
-        "start": pos[row_start], "end": pos[row_end], "n_tokens": (row_end - row_start + 1).astype(np.int64),
+        "start": pos[row_start], "end": pos[row_end], "n_tokens": (ends - starts + 1).astype(np.int64),
         "score": score[best], "max_activation": act[best], "feature_precision": precision[p_best],
         "feature_test_f1": chosen["test_f1"].to_numpy(dtype=np.float64)[p_best],
         "q_value": chosen["q_value"].to_numpy(dtype=np.float64)[p_best],
-        "adjacent": adj_before | adj_after, "in_scope": inside[starts], "row_start": row_start, "row_end": row_end,
+        "adjacent": (adj_before | adj_after) & ~whole[starts], "in_scope": inside[starts],
+        "whole_sequence": whole[starts], "row_start": row_start, "row_end": row_end,
     })
 
 
@@ -294,7 +313,10 @@ def missing_annotations(
     * ``concept``: the concept the span may be missing;
     * ``feature``: the concept feature with the best score in the span;
     * ``sequence_id``, ``start``, ``end``: the span, 1-based inclusive positions from ``obs["position"]``;
-    * ``n_tokens``: its length in tokens;
+    * ``n_tokens``: its candidate tokens;
+    * ``whole_sequence``: the concept is given per whole sequence (an image's label, broadcast to its positions):
+      the row is a candidate for the sequence, its candidate tokens anywhere in it (``start``..``end`` the first and
+      last of them), never a stretch;
     * ``score``: ``max_activation x feature_precision`` (see above), in [0, 1];
     * ``max_activation``: the feature's highest normalised activation in the span (1 = its maximum in the store);
     * ``feature_precision``, ``feature_test_f1``, ``q_value``: the feature-concept pair's test precision, test F1

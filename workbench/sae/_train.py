@@ -419,10 +419,10 @@ def _work_folder(out: Path) -> Path:
 def _progress(total: int, start: int, enabled: bool, n_runs: int = 1) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from workbench._progress import progress_bar
 
     desc = "train sae" if n_runs == 1 else f"train {n_runs} saes"
-    return tqdm(total=total, initial=start, unit="step", desc=desc, dynamic_ncols=True)
+    return progress_bar(total=total, initial=start, unit="step", desc=desc, dynamic_ncols=True)
 
 
 def _checkpoint(r: _Run, step: int) -> None:

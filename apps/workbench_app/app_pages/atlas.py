@@ -226,7 +226,7 @@ if colour == "concept":
         frame = frame.assign(concept=frame["feature"].map(best).fillna(NONE).astype(str))
         title = f"best {group} concept"
 text = c3.text_input("Show only features whose concept or description contains", key="atlas_text",
-                     placeholder="e.g. CDR3, unexplained, motif")
+                     placeholder="e.g. " + ", ".join([*views.example_concepts(catalog), "unexplained"]))
 open_on_click = c4.toggle("Open the feature browser on click", value=True, key="atlas_open_on_click")
 shown = frame
 if text.strip():

@@ -96,7 +96,8 @@ def _filtered(findings: pd.DataFrame) -> pd.DataFrame:
     left, right = st.columns([3, 2])
     chosen = left.multiselect("Finding status", options, key=W_STATUS, placeholder="all statuses",
                               format_func=lambda s: f"{s} ({int(counts.get(s, 0))})")
-    text = right.text_input("Concept contains", key=W_TEXT, placeholder="e.g. shm, CDR3, liability")
+    text = right.text_input("Concept contains", key=W_TEXT, placeholder="e.g. " + ", ".join(
+        pd.unique(findings["concept"].astype(str))[:2] if "concept" in findings.columns else ["shm"]))
     mask = pd.Series(True, index=findings.index)
     if chosen:
         mask &= findings["finding"].isin(chosen)

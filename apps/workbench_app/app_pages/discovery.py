@@ -121,7 +121,7 @@ def missing_tab(cat: Any) -> None:
     chosen_kinds = c2.multiselect("Kind", kinds, key="missing_kinds", placeholder="all kinds")
     top = float(frame["score"].max()) if len(frame) else 1.0
     min_score = c3.slider("Minimum score", 0.0, max(1.0, round(top, 2)), 0.0, 0.01, key="missing_min_score")
-    text = c4.text_input("Concept or feature contains", key="missing_text", placeholder="e.g. CDR3, f00042")
+    text = c4.text_input("Concept or feature contains", key="missing_text", placeholder="e.g. " + ", ".join([*views.example_concepts(cat, n=1), "f00042"]))
     mask = frame["score"] >= min_score
     if chosen_groups:
         mask &= frame["group"].isin(chosen_groups)

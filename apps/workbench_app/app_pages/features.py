@@ -150,7 +150,8 @@ def _pick(cat: Any, fid: str) -> None:
     labels = views.feature_labels(cat)
     left, right = st.columns([2, 3])
     query = left.text_input("Search features", key=QUERY, on_change=_on_query,
-                            placeholder="id (f00042, 42), concept (CDR3) or description words",
+                            placeholder=f"id (f00042, 42), concept ({', '.join(views.example_concepts(cat)) or 'name'}) "
+                                        "or description words",
                             help="A feature id or number, part of a concept name (ranked by test F1), or words that all "
                                  "occur in the description. Enter opens the first hit; click a result to open it.")
     query = (query or "").strip()
@@ -243,8 +244,9 @@ def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
     cols[0].metric("Density", views.fmt_pct(info.get("density"), digits=3), help="Fraction of the analysed tokens it fires on")
     cols[1].metric("Max activation", views.fmt_num(info.get("max_activation")),
                    help="In SAE units; examples are normalised by it")
-    cols[2].metric("Sequences", views.fmt_num(info.get("n_sequences")),
-                   help=f"Sequences (of {views.fmt_num(n_seq)}) in which it fires at least once")
+    u = views.units(cat)
+    cols[2].metric(u.items.capitalize(), views.fmt_num(info.get("n_sequences")),
+                   help=f"{u.items.capitalize()} (of {views.fmt_num(n_seq)}) in which it fires at least once")
     cols[3].metric("Test F1", views.fmt_num(info.get("top_f1")),
                    help="Of its top concept: precision x domain-level recall on the test half")
     cols[4].metric("q-value", views.fmt_q(info.get("top_q")), help="Benjamini-Hochberg q of the hypergeometric enrichment")
@@ -258,19 +260,20 @@ def _histogram(cat: Any, fid: str) -> None:
     st.subheader("Activation histogram")
     values = views.feature_maxima(cat, fid)
     n_seq = int(cat.summary.get("n_sequences") or len(cat.sequences))
+    u = views.units(cat)
     if len(values) == 0:
-        st.info("The feature fires in no analysed sequence.")
+        st.info(f"The feature fires in no analysed {u.item}.")
         return
     counts, edges = np.histogram(values, bins=20, range=(0.0, 1.0))
-    frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "sequences": counts})
+    frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], u.items: counts})
     chart = alt.Chart(frame).mark_bar(color="#d62728").encode(
-        x=alt.X("from:Q", bin="binned", title="max activation in the sequence (fraction of the feature's max)",
+        x=alt.X("from:Q", bin="binned", title=f"max activation in the {u.item} (fraction of the feature's max)",
                 scale=alt.Scale(domain=[0, 1])),
-        x2="to:Q", y=alt.Y("sequences:Q", title="sequences"),
-        tooltip=[alt.Tooltip("from:Q", format=".2f"), alt.Tooltip("to:Q", format=".2f"), "sequences:Q"],
+        x2="to:Q", y=alt.Y(f"{u.items}:Q", title=u.items),
+        tooltip=[alt.Tooltip("from:Q", format=".2f"), alt.Tooltip("to:Q", format=".2f"), f"{u.items}:Q"],
     ).properties(height=220)
     st.altair_chart(chart, width="stretch")
-    st.caption(f"Fires in {len(values):,} of {n_seq:,} sequences; median of the per-sequence maxima "
+    st.caption(f"Fires in {len(values):,} of {n_seq:,} {u.items}; median of the per-{u.item} maxima "
                f"{float(np.median(values)):.2f}.")
 
 
@@ -351,11 +354,14 @@ def _associations(cat: Any, fid: str, info: dict[str, Any]) -> None:
 
 def _image_examples(cat: Any, fid: str) -> None:
     """Image catalogs: each example as its image with the feature's activation map laid over it."""
-    if not images.example_tiles(cat, fid):
+    if not images.cached_examples(cat, fid):
         st.info("No examples: the feature never fires on the analysed images.")
         return
-    st.caption("Activation map of the feature (the layer's grid upsampled to the image, as a fraction of the feature's "
-               "max) over each image; brighter and more opaque = stronger. More in the Images page.")
+    left, right = st.columns([3, 1])
+    left.caption("Each image plain, then with the feature's activation map: every cell of the layer's grid covers its "
+                 "own block of pixels, coloured by its activation as a fraction of the feature's max (brighter and "
+                 "more opaque = stronger). More in the Images page.")
+    images.alpha_slider(right)
     images.show_example_grid(cat, fid, bins_note="bins of the per-image maxima, highest bin first")
 
 

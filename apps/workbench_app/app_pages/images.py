@@ -1,11 +1,13 @@
 """Images (image catalogs only): where a feature fires on the images, how it differs between labels, which features
-track the pathology once image confounds are controlled, and what ablating them does to the model.
+track the pathology once image confounds are controlled, what ablating them does to the model against a matched
+control, and where the model, its pathology features and the labels disagree.
 
 The feature shown is the one other pages selected (``st.session_state["feature"]``), else the feature most associated
 with the pathology after adjustment (largest partial correlation given the confounds, agreeing in sign with the raw
-AUROC). Overlays colour the feature's
-activation map (the layer's grid upsampled to the image) over the image; the catalog stores maps only for a feature's
-examples (its top images and quantile-bin samples), so other images are drawn plain.
+AUROC). Overlays colour the feature's activation on the layer's grid, each cell over its own block of pixels (nearest,
+cell-aligned), beside the plain image, with an opacity slider; the catalog stores maps only for a feature's examples
+(its top images and quantile-bin samples), so other images are drawn plain. A pathology feature whose activation mass
+sits mostly on the same few cells of the frame in every image gets a shortcut warning.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from apps.workbench_app import _images as images
 from apps.workbench_app import _views as views
 from apps.workbench_app._state import get_catalog, select_feature
 from workbench.errors import WorkbenchError
+
+# A page's bare strings are drawn by Streamlit's magic, so these constants are described in comments. SHORTCUT_SHARE:
+# the activation-mass share on the frame's top cells from which a pathology feature is flagged, and REGION_CELLS: the
+# fraction of the frame's cells that share is measured on, for catalogs that do not record them (the imaging pipeline
+# records its own under summary["pathology_fixed_region"]: "threshold", "cells_share").
+SHORTCUT_SHARE = 0.8
+REGION_CELLS = 0.05
 
 PICK = "_im_pick"
 SEEN_ROW = "_im_seen_row"
@@ -130,13 +139,50 @@ def _feature_header(cat: Any, fid: str, positive: str) -> None:
     c[3].metric(f"Mean with {positive}", views.fmt_num(row.get("mean_with")),
                 help="Mean of the pooled activation over images with the pathology")
     c[4].metric("Mean without", views.fmt_num(row.get("mean_without")))
+    _shortcut_warning(cat, row, positive)
+
+
+def _fixed_region(cat: Any, key: str, default: float) -> float:
+    fixed = cat.summary.get("pathology_fixed_region") or {}
+    value = fixed.get(key) if isinstance(fixed, dict) else None
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def _shortcut_threshold(cat: Any) -> float:
+    return _fixed_region(cat, "threshold", SHORTCUT_SHARE)
+
+
+def _region_words(cat: Any) -> str:
+    """``"5%"``: the share of the frame the region measure looks at."""
+    return f"{100 * _fixed_region(cat, 'cells_share', REGION_CELLS):.0f}%"
+
+
+def _shortcut_warning(cat: Any, row: pd.Series, positive: str) -> None:
+    """Warn when a pathology feature's activation mass sits mostly on the same few cells of the frame."""
+    share = row.get("region_share")
+    if views.is_missing(share):
+        return
+    significant = not views.is_missing(row.get("q_adjusted")) and float(row["q_adjusted"]) < ALPHA
+    if float(share) >= _shortcut_threshold(cat) and significant:
+        st.warning(f"Possible shortcut: {100 * float(share):.0f}% of this feature's activation, summed over all images, "
+                   f"lies on the same {_region_words(cat)} of the frame ({views.md_escape(str(row.get('region') or '?'))}: cells "
+                   f"{views.md_escape(str(row.get('region_cells') or '?'))}). It tracks {views.md_escape(positive)}, but "
+                   "it may read *where* in the frame (patient position, markers, collimation) rather than *what*; "
+                   "check its top images of both labels before calling it a pathology feature.",
+                   icon=":material/warning:")
+    else:
+        st.caption(f"Where in the frame: {100 * float(share):.0f}% of its activation mass on its top {_region_words(cat)} "
+                   f"of the cells ({views.md_escape(str(row.get('region') or '–'))}); an even spread gives about "
+                   f"{_region_words(cat)}; a possible shortcut from {100 * _shortcut_threshold(cat):.0f}%.")
 
 
 def grid_tab(cat: Any, fid: str) -> None:
-    if not images.example_tiles(cat, fid):
+    if not images.cached_examples(cat, fid):
         st.info("No examples: the feature never fires on the analysed images.")
         return
-    st.html(_ramp_html())
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    left.html(_ramp_html())
+    images.alpha_slider(right)
     images.show_example_grid(cat, fid, bins_note="bins of the per-image maxima over the images it fires in, highest bin first")
 
 
@@ -229,7 +275,7 @@ def _pathology_table(cat: Any, positive: str) -> tuple[pd.DataFrame, bool]:
     frame = frame.sort_values(["strength", "q_adjusted"], ascending=[False, True], kind="stable", na_position="last")
     significant = frame[frame["q_adjusted"] < ALPHA]
     cols = [c for c in ("feature", "direction", "auroc", "partial_r", "auroc_adjusted", "q_adjusted", "mean_with",
-                        "mean_without", "top_precision", "description") if c in frame.columns]
+                        "mean_without", "top_precision", "region_share", "region", "description") if c in frame.columns]
     if len(significant):
         return significant[cols].reset_index(drop=True), True
     return frame[cols].head(10).reset_index(drop=True), False
@@ -275,8 +321,20 @@ def pathology_tab(cat: Any, positive: str) -> None:
                              "mean_with": st.column_config.NumberColumn("mean with", format="%.4f"),
                              "mean_without": st.column_config.NumberColumn("mean without", format="%.4f"),
                              "top_precision": st.column_config.NumberColumn("top precision", format="%.2f"),
+                             "region_share": st.column_config.ProgressColumn(
+                                 f"mass on {_region_words(cat)} of the frame", min_value=0.0, max_value=1.0, format="%.2f",
+                                 help=f"Share of the feature's activation, summed over all images, on the "
+                                      f"{_region_words(cat)} of the grid's cells holding most of it (about that share "
+                                      f"if spread evenly; ≥ "
+                                      f"{_shortcut_threshold(cat):.1f}: possible shortcut)"),
                          })
     views.csv_download(table, name="pathology_features", key="_im_path")
+    if "region_share" in table.columns and significant:
+        fixed = table[table["region_share"] >= _shortcut_threshold(cat)]
+        if len(fixed):
+            st.warning(f"{len(fixed):,} of these {len(table):,} features hold ≥ {100 * _shortcut_threshold(cat):.0f}% of "
+                       f"their activation on the same {_region_words(cat)} of the frame: possible shortcuts (position, not pathology); "
+                       f"for example {', '.join(map(str, fixed['feature'].head(5)))}.", icon=":material/warning:")
     rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
     picked = str(table["feature"].iloc[rows[0]]) if rows and rows[0] < len(table) else None
     if picked and picked != st.session_state.get(SEEN_ROW):
@@ -297,58 +355,113 @@ def pathology_tab(cat: Any, positive: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ (d) causal
+_CAUSAL_CONFIG = {
+    "dlogit_firing": ("Δ logit (feature)", "%.3f"),
+    "dlogit_random": ("Δ logit (random direction)", "%.3f"),
+    "abs_dlogit_firing": ("|Δ logit| (feature)", "%.3f"),
+    "abs_dlogit_random": ("|Δ logit| (random)", "%.3f"),
+    "flip_fraction": ("flips (feature)", "%.2f"),
+    "flip_fraction_random": ("flips (random)", "%.2f"),
+    "p_vs_random": ("p vs random", "%.1e"),
+    "mean_activation_firing": ("mean act.", "%.3f"),
+}
+
+
 def causal_tab(cat: Any, positive: str) -> None:
     st.subheader("Ablating pathology features")
     if "pathology_causal" not in cat.tables:
         st.info("This catalog has no `pathology_causal` table.")
     else:
-        table = cat.table("pathology_causal")
-        st.caption(f"Change of the {positive} logit when the feature's contribution is removed from the layer "
-                   "on images where it fires vs images where it is silent; flip = share of firing images whose call "
-                   "changes. Rows of kind 'group' remove several features at once: the strongest pathology features, "
-                   "and as many random live features as a control.")
-        if table.empty:
-            st.info("No feature was ablated (no pathology feature passed the significance filter).")
-        else:
-            var = cat.features
-            view = table.copy()
-            if "description" in var.columns:
-                view["description"] = var["description"].astype(str).reindex(view["feature"].astype(str)).to_numpy()
-            st.dataframe(view, hide_index=True, width="stretch", column_config={
-                "dlogit_firing": st.column_config.NumberColumn("Δ logit (firing)", format="%.3f"),
-                "dlogit_other": st.column_config.NumberColumn("Δ logit (other)", format="%.3f"),
-                "abs_dlogit_firing": st.column_config.NumberColumn("|Δ logit| (firing)", format="%.3f"),
-                "flip_fraction": st.column_config.NumberColumn("flip fraction", format="%.2f"),
-                "mean_activation_firing": st.column_config.NumberColumn("mean act. (firing)", format="%.3f"),
-            })
-            views.csv_download(table, name="pathology_causal", key="_im_causal")
+        _causal_table(cat, cat.table("pathology_causal"), positive)
+    st.subheader("Where the model, its features and the labels disagree")
+    _disagreements(cat, positive)
 
-    st.subheader("Where the model and its features disagree")
+
+def _causal_table(cat: Any, table: pd.DataFrame, positive: str) -> None:
+    if table.empty:
+        st.info("No feature was ablated (no pathology feature passed the significance filter).")
+        return
+    view = table.drop(columns=[c for c in ("dlogit_other", "n_other") if c in table.columns])  # silent images: 0 by construction
+    if "dlogit_random" not in view.columns:
+        st.caption(f"Change of the {positive} logit when the feature's contribution is removed from the layer on the "
+                   "images where it fires most. This catalog predates the matched control: without it a change is not "
+                   "evidence that the model uses the feature (rebuild the catalog to get the control).")
+    else:
+        feats = view[view["kind"] == "feature"]
+        beyond = int(feats["beyond_control"].astype(bool).sum())
+        st.caption(f"Change of the {positive} logit when the feature's contribution is removed from the layer on the "
+                   "images where it fires most, against the control: the same amount removed along a random "
+                   "direction of the same norm, on the same images. **beyond control**: the feature's |Δ| exceeds the "
+                   "control's (paired Wilcoxon over the images, p < 0.05). Rows of kind *group* remove several "
+                   "features at once: the strongest pathology features, and as many random live features.")
+        msg = (f"{beyond} of {len(feats)} ablated features move the {positive} logit more than a random direction of the "
+               "same size")
+        if beyond < len(feats):
+            st.warning(msg + f"; the other {len(feats) - beyond} are explained as well by the control: their change is "
+                       "not evidence that the model uses them.", icon=":material/rule:")
+        else:
+            st.success(msg + ".", icon=":material/check:")
+    var = cat.features
+    if "description" in var.columns:
+        view["description"] = var["description"].astype(str).reindex(view["feature"].astype(str)).to_numpy()
+    st.dataframe(view, hide_index=True, width="stretch", column_config={
+        k: st.column_config.NumberColumn(label, format=fmt) for k, (label, fmt) in _CAUSAL_CONFIG.items()
+    } | {"beyond_control": st.column_config.CheckboxColumn("beyond control")})
+    views.csv_download(view, name="pathology_causal", key="_im_causal")
+
+
+def _model_errors(cat: Any, positive: str) -> None:
+    """The model's calls against the labels on the held-out images (from the ``images`` table)."""
+    table = images.image_table(cat)
+    split = table["split"].astype(str)
+    held = (split == "test").to_numpy()
+    part = table[held] if held.any() else table
+    part = part[part["label"].notna() & pd.to_numeric(part["p_model"], errors="coerce").notna()]
+    if part.empty:
+        return
+    call = np.where(pd.to_numeric(part["p_model"]) >= 0.5, positive, "other")
+    truth = np.where(part["label"].astype(str) == positive, positive, "other")
+    confusion = pd.crosstab(pd.Series(truth, name="label"), pd.Series(call, name="model call"))
+    wrong = int((call != truth).sum())
+    st.markdown(f"**The model is wrong on {wrong:,} of {len(part):,} {'test ' if held.any() else ''}images** "
+                f"({100 * wrong / len(part):.0f}%; model p ≥ 0.5 = {views.md_escape(positive)})")
+    st.dataframe(confusion, width=360)
+
+
+def _disagreements(cat: Any, positive: str) -> None:
+    _model_errors(cat, positive)
     if "disagreements" not in cat.tables:
         st.info("This catalog has no `disagreements` table.")
         return
     table = cat.table("disagreements")
-    st.caption("The score of an image is its mean percentile of the pathology features' pooled activations. "
-               "*model normal, features high*: the model says no pathology while the features are high; *model "
-               "pathology, features silent*: the reverse. **model_correct** says whether the label sided with the model.")
-    if table.empty:
-        st.info("No disagreements recorded (no pathology features, or the model and features agree).")
+    if "p_features" not in table.columns:
+        st.info("This catalog's disagreements table predates the features' own call (rebuild the catalog).")
         return
+    feats = str(table["features"].iloc[0]) if len(table) else ""
+    st.caption("The features' call is a logistic regression of the label on the pooled activations of the pathology "
+               f"features ({views.md_escape(feats) or 'none'}), fitted on the training and validation images; the images "
+               "below are the others. *model wrong, features right*: the error arises after or beside these features; "
+               "*both wrong*: the features read the image as the model does (a shared confound, a hard image or a "
+               "label to check); *model right, features wrong*: the model uses evidence these features do not carry.")
+    if table.empty:
+        st.info("The model's call, its features' call and the label agree on every held-out image.")
+        return
+    counts = table["kind"].astype(str).value_counts()
     for kind in [str(k) for k in pd.unique(table["kind"].astype(str))]:
         part = table[table["kind"].astype(str) == kind].head(N_DISAGREE)
-        st.markdown(f"**{views.md_escape(kind)}** ({int((table['kind'].astype(str) == kind).sum()):,} images)")
+        st.markdown(f"**{views.md_escape(kind)}** ({int(counts.get(kind, 0)):,} images)")
         pics, caps = [], []
-        for sid, score in zip(part["image_id"].astype(str), part["score"]):
+        for sid, pf in zip(part["image_id"].astype(str), part["p_features"]):
             try:
                 pics.append(images.render_image(cat, sid))
             except WorkbenchError:
                 continue
-            caps.append(images.image_caption(cat, sid, extra=f"score {float(score):.2f}"))
+            caps.append(images.image_caption(cat, sid, extra=f"features p {float(pf):.2f}"))
         if pics:
             st.image(pics, caption=caps, width=images.TILE_PX)
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         "p_model": st.column_config.NumberColumn("model p", format="%.3f"),
-        "score": st.column_config.NumberColumn("feature score", format="%.3f"),
+        "p_features": st.column_config.NumberColumn("features p", format="%.3f"),
     })
     views.csv_download(table, name="disagreements", key="_im_disagree")
 

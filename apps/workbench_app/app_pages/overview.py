@@ -28,7 +28,7 @@ def _loss_recovered(cat: Any) -> tuple[Any, str]:
             return value, f"not measured ({raw['skipped']})"
         if "ce_clean" in raw:
             return value, (f"(CE zero-ablation - CE with SAE) / (CE zero-ablation - CE clean) on {raw.get('sequences', '?')} "
-                           f"sequences: CE clean {views.fmt_num(raw.get('ce_clean'))}, with SAE "
+                           f"{views.units(cat).items}: CE clean {views.fmt_num(raw.get('ce_clean'))}, with SAE "
                            f"{views.fmt_num(raw.get('ce_sae'))}, zero-ablated {views.fmt_num(raw.get('ce_zero_ablation'))}")
     return value, "" if not views.is_missing(value) else "not measured"
 
@@ -183,8 +183,9 @@ def _counts(cat: Any) -> None:
     st.subheader("Catalog")
     c = st.columns(6)
     c[0].metric("Features", views.fmt_num(s.get("n_features", len(cat.features))))
-    c[1].metric("Sequences", views.fmt_num(s.get("n_sequences")))
-    c[2].metric("Tokens", views.fmt_num(s.get("n_tokens")))
+    u = views.units(cat)
+    c[1].metric(u.items.capitalize(), views.fmt_num(s.get("n_sequences")))
+    c[2].metric(u.tokens.capitalize() if u.item == "image" else "Tokens", views.fmt_num(s.get("n_tokens")))
     c[3].metric("Concepts", views.fmt_num(s.get("n_concepts")))
     c[4].metric("Families", views.fmt_num(s.get("n_families")), help="Leiden clusters of decoder directions")
     c[5].metric("Dead features", views.fmt_num(s.get("n_dead")), help="Never fire on the analysed tokens")

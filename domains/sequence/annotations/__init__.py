@@ -118,9 +118,11 @@ def sequence_labels(
     ``"uniprot"``, ``"user"``, ``"airr"`` and ``"pfam"`` need their file (``uniprot`` / ``user`` / ``airr`` /
     ``pfam_hmm``, a HMMER3 profile file for :func:`.pfam.pfam_labels`), and giving the file adds the source. A
     table column named like an ANARCI attribute (``v_family``, ``species``...) is named ``table:<column>`` when
-    both sources run, so the two can be compared. ``anarci_options`` go to :func:`number_sequences` (one run for
-    every source in :data:`NUMBERING_SOURCES`); ``germline_options`` to :func:`germline_labels`. The sources'
-    counters are merged in ``token_concepts.attrs``.
+    both sources run, so the two can be compared; a ``user`` column (or span concept group) named like a concept
+    group of another source (``region``, ``v_family``...) is refused with an :class:`InputError` naming it
+    (:func:`.tables.check_user_groups`). ``anarci_options`` go to :func:`number_sequences` (one run for every source
+    in :data:`NUMBERING_SOURCES`); ``germline_options`` to :func:`germline_labels`. The sources' counters are merged
+    in ``token_concepts.attrs``.
     """
     wanted = list(dict.fromkeys([sources] if isinstance(sources, str) else sources))
     for source, given in (("uniprot", uniprot), ("user", user), ("airr", airr), ("pfam", pfam_hmm)):
@@ -140,6 +142,7 @@ def sequence_labels(
     if any(s in NUMBERING_SOURCES for s in wanted):
         numbering = number_sequences(_sequences_from_obs(obs), **{**ANARCI_DEFAULTS, **dict(anarci_options or {})})
     parts: list[ConceptLabels] = []
+    user_part: ConceptLabels | None = None
     for source in wanted:
         if source == "anarci":
             parts.append(labels_from_numbering(obs, ids, numbering))  # type: ignore[arg-type]
@@ -185,9 +188,14 @@ def sequence_labels(
         else:
             from .tables import _user_from
 
-            parts.append(_user_from(obs, ids, user, None, "user"))  # type: ignore[arg-type]
+            user_part = _user_from(obs, ids, user, None, "user")  # type: ignore[arg-type]
+            parts.append(user_part)
     if not parts:
         raise InputError("no annotation source produced labels (give table_columns for the table source)")
+    if user_part is not None:
+        from .tables import check_user_groups
+
+        check_user_groups(user_part, [p for p in parts if p is not user_part], user)  # type: ignore[arg-type]
     combined = concat_labels(parts)
     attrs: dict[str, Any] = {}
     for part in parts:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from workbench.store import ActivationStore
 
-__all__ = ["table_labels", "user_labels"]
+__all__ = ["table_labels", "user_labels", "check_user_groups"]
 
 
 def _table_from(obs: pd.DataFrame, sequences: pd.DataFrame, columns: Sequence[str], multi_sep: str | None,
@@ -113,6 +113,27 @@ def _user_from(obs: pd.DataFrame, sequence_ids: Sequence[str], path: PathLike, m
     return _build(obs, sequence_ids, None, values, source)
 
 
+def _groups(table: pd.DataFrame) -> dict[str, str]:
+    """Concept group (the text before ``=``) -> a concept of it, for the grouped concepts of a concept table."""
+    return {c.split("=", 1)[0]: c for c in table["concept"].astype(str) if "=" in c}
+
+
+def check_user_groups(user: ConceptLabels, others: Sequence[ConceptLabels], path: PathLike) -> None:
+    """Refuse user concepts whose group (a per-sequence column, or the text before ``=`` of a span concept) is a
+    concept group of another source: merged into it, they would be read as that source's labels."""
+    taken: dict[str, str] = {}
+    for part in others:
+        for table in (part.token_concepts, part.sequence_concepts):
+            source = str(table["source"].iloc[0]) if len(table) and "source" in table.columns else "another"
+            taken.update({g: source for g in _groups(table) if g not in taken})
+    for table, what in ((user.sequence_concepts, "column"), (user.token_concepts, "span concept group")):
+        for group, concept in _groups(table).items():
+            if group in taken:
+                example = f"'user_{group}'" if what == "column" else f"'user_{concept}'"
+                raise InputError(f"{path}: user {what} {group!r} is also a concept group of the {taken[group]} "
+                                 f"source; rename it (e.g. {example}) so the two stay apart")
+
+
 def user_labels(store: ActivationStore, path: PathLike, *, multi_sep: str | None = None,
                 source: str = "user") -> ConceptLabels:
     """Concepts from a user CSV/TSV file (source ``"user"``); the layout is decided by the columns.
@@ -122,6 +143,8 @@ def user_labels(store: ActivationStore, path: PathLike, *, multi_sep: str | None
     * Per-sequence labels: ``sequence_id`` plus any columns; each becomes sequence concepts ``"<column>=<value>"``
       (``multi_sep`` splits multi-valued cells).
 
+    With other sources (:func:`~domains.sequence.annotations.sequence_labels`), a column or span concept group
+    named like one of their concept groups is refused (:func:`check_user_groups`).
     Separator: tab for .tsv/.tab, comma for .csv, sniffed otherwise. Ids not in the store are an
     :class:`InputError` naming them, as are positions outside a sequence.
     """
