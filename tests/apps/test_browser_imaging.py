@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apps.workbench_app._images import GAP_PX
 from apps.workbench_app.serving import chromium_path
 
 pytestmark = [pytest.mark.slow]
@@ -57,7 +58,8 @@ def test_images_page_draws_overlays_in_chromium(server: str, imaging_catalog: Pa
             page.wait_for_function("() => { const i = document.querySelector('[data-testid=\"stImage\"] img');"
                                    " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
             natural = page.evaluate("() => document.querySelector('[data-testid=\"stImage\"] img').naturalWidth")
-            assert natural == 28 * 6  # upscaled 28x28 image, served as a real picture
+            # the upscaled 28x28 image beside its overlay (gaps between and after), served as a real picture
+            assert natural == 2 * 28 * 6 + 3 * GAP_PX
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
