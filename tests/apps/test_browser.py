@@ -156,6 +156,17 @@ def test_daily_work_in_chromium_offline(server: str, browser_catalog: Path, arti
             assert f"windows of {first}" in page.inner_text("body")
             page.screenshot(path=str(artifacts / "search_logo.png"), full_page=True)
 
+            # a click on a result row (its marker, left of the first cell) opens that feature
+            hits = [str(f) for f in cat.search(query, limit=50)["feature"]]
+            assert len(hits) >= 2
+            grid = page.locator('[data-testid="stDataFrame"]').first
+            grid.wait_for(timeout=60_000)
+            box_ = grid.bounding_box()
+            page.mouse.click(box_["x"] + 12, box_["y"] + 35 + 35 * 1 + 17)  # header row, then row 2 (35 px rows)
+            page.get_by_role("heading", name=hits[1]).first.wait_for(timeout=60_000)
+            _wait_for_app(page, "Sequence logo")
+            assert f"feature={hits[1]}" in page.url
+
             # two features side by side (the model runs on their top sequences)
             page.goto(f"{server}/compare?a={first}&b={other}", wait_until="domcontentloaded")
             _wait_for_app(page, "Concept associations side by side")
