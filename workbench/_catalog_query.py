@@ -81,9 +81,10 @@ def concept(cat: Catalog, name: str, *, limit: int = 10) -> pd.DataFrame:
         known += [str(c) for c in t["concept"]]
     known = list(dict.fromkeys(known))
     sequence_level = [c for c in sequence_concept_names(cat) if c not in set(known)]
-    if not known and not sequence_level:
+    unit_level = [c for c in pooled_concept_names(cat) if c not in set(known) | set(sequence_level)]
+    if not known and not sequence_level and not unit_level:
         raise WorkbenchError(f"{cat.path} has no association table and no sequence-level findings")
-    every = known + sequence_level
+    every = known + sequence_level + unit_level
     target = name if name in every else next((c for c in every if c.lower() == name.lower()), None)
     if target is None:
         close = difflib.get_close_matches(name, every, n=5, cutoff=0.5)
@@ -91,6 +92,8 @@ def concept(cat: Catalog, name: str, *, limit: int = 10) -> pd.DataFrame:
         raise WorkbenchError(f"no concept {name!r} in {cat.path}{hint}")
     if target in sequence_level:
         return sequence_concept(cat, target, limit=limit)
+    if target in unit_level:
+        return pooled_concept(cat, target, limit=limit)
     if pairs is None:
         raise WorkbenchError(f"{cat.path} has no association table")
     hit = pairs[equals(pairs["concept"], target)]
@@ -190,6 +193,47 @@ def sequence_concept(cat: Catalog, name: str, *, limit: int = 10) -> pd.DataFram
     empty = [c for c in (*FINDING_COLUMNS, "weight") if c in out.columns and out[c].isna().all()]
     out = out.drop(columns=empty)
     var = cat.features.reindex(out["feature"].astype(str))
+    out["description"] = var["description"].astype(object).to_numpy()
+    out["family"] = var["family"].astype(object).to_numpy() if "family" in var else None
+    return out
+
+
+POOLED_TABLES = {"pooled_association": "sae", "pooled_association_neurons": "neurons",
+                 "pooled_association_random": "random_sae"}
+"""The per-unit (per-image) association tables of a catalog and the representation each holds."""
+POOLED_COLUMNS = ("auroc", "auroc_adjusted", "partial_r", "q_adjusted", "mean_with", "mean_without", "region_share",
+                  "region")
+"""Columns of the pooled tables that :meth:`Catalog.concept` shows for a unit-level concept."""
+
+
+def pooled_concept_names(cat: Catalog) -> list[str]:
+    """The unit-level concepts of the catalog's pooled association tables (an image catalog's ``pathology``)."""
+    names: list[str] = []
+    for table in POOLED_TABLES:
+        if table in cat.tables:
+            names += [str(c) for c in cat.table(table)["concept"].dropna().unique()]
+    return list(dict.fromkeys(names))
+
+
+def pooled_concept(cat: Catalog, name: str, *, limit: int = 10) -> pd.DataFrame:
+    """What :meth:`Catalog.concept` returns for a unit-level concept: per representation (SAE features, the layer's
+    units, the random-weight control) its ``limit`` units most associated after confound control (q-value, then
+    ``|partial_r|``), from the pooled tables (``table``)."""
+    import pandas as pd
+
+    parts = []
+    for table, representation in POOLED_TABLES.items():
+        if table not in cat.tables:
+            continue
+        t = cat.table(table)
+        t = t[t["concept"].astype(str) == name]
+        order = np.lexsort((-t["partial_r"].abs().fillna(0.0).to_numpy(), t["q_adjusted"].fillna(1.0).to_numpy()))
+        t = t.iloc[order[:limit]]
+        parts.append(pd.DataFrame({"set": representation, "feature": t["feature"].astype(str).to_numpy(),
+                                   "concept": name, "table": table,
+                                   **{c: t[c].to_numpy() for c in POOLED_COLUMNS if c in t.columns}}))
+    out = pd.concat(parts, ignore_index=True)
+    var = cat.features.reindex(out["feature"].where(out["set"] != "neurons"))
     out["description"] = var["description"].astype(object).to_numpy()
     out["family"] = var["family"].astype(object).to_numpy() if "family" in var else None
     return out

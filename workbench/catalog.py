@@ -470,7 +470,11 @@ class Catalog:
         A sequence-level concept (``<column>=<value>`` of per-sequence labels, or a numeric target) has no token
         association: its rows come from the catalog's ``sequence_findings`` (``table``; one row per representation:
         the best single feature held out, its AUROC before and after the covariates, q-value, ``status``) and the
-        ``limit`` largest SAE weights of its sequence-level probe (``table`` = ``probe_weights``, ``weight``)."""
+        ``limit`` largest SAE weights of its sequence-level probe (``table`` = ``probe_weights``, ``weight``).
+        A unit-level concept of an image catalog (``pathology``) comes from its pooled association tables: per
+        representation (``set`` ``sae`` / ``neurons`` / ``random_sae``) the ``limit`` units most associated after
+        confound control (adjusted q, then ``|partial_r|``), with AUROC before and after control and, for SAE
+        features, where in the frame they fire (``region_share``, ``region``)."""
         from workbench._catalog_query import concept
 
         return concept(self, name, limit=limit)

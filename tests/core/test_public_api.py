@@ -195,3 +195,23 @@ def test_progress_bars_stay_quiet_in_jupyter_without_ipywidgets(monkeypatch: pyt
                         else real(name, *a, **k))
     monkeypatch.setitem(sys.modules, "tqdm.auto", tqdm.auto)
     assert isinstance(progress_bar(total=3, disable=True), tqdm.auto.tqdm)
+
+
+def test_concept_reads_the_per_image_association_of_image_catalogs(imaging_catalog: Path) -> None:
+    cat = Catalog.open(imaging_catalog)
+    pooled = cat.table("pooled_association")
+    name = str(pooled["concept"].iloc[0])  # the pathology
+    table = cat.concept(name, limit=4)
+    assert set(table["set"]) >= {"sae", "neurons"} and (table["concept"] == name).all()
+    sae = table[table["set"] == "sae"]
+    assert len(sae) == 4 and (sae["table"] == "pooled_association").all()
+    mine = pooled[pooled["concept"].astype(str) == name]
+    best = mine.sort_values("q_adjusted", kind="stable")["q_adjusted"].head(4).to_numpy()
+    np.testing.assert_allclose(np.sort(sae["q_adjusted"].to_numpy()), np.sort(best))  # the most significant first
+    row = sae.iloc[0]
+    assert row["auroc"] == pytest.approx(float(mine.set_index("feature").at[row["feature"], "auroc"]))
+    assert row["description"] == cat.features.at[row["feature"], "description"]
+    neurons = table[table["set"] == "neurons"]
+    assert neurons["feature"].str.startswith("u").all() and neurons["description"].isna().all()
+    with pytest.raises(WorkbenchError, match=f"did you mean {name}"):
+        cat.concept(name[:-1] + "x")
