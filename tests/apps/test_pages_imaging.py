@@ -337,5 +337,7 @@ def test_overview_shows_the_imaging_block(imaging_catalog: Path, tiny_catalog: P
     for key, label in (("sae", "SAE"), ("neurons", "neurons"), ("random_sae", "random-weight SAE")):
         n, t = s["pathology_significant_adjusted"][key], s["pathology_features_tested"][key]
         assert metrics[f"Pathology features ({label})"] == f"{n} / {t}"
+    errors = s["model_test_errors"]
+    assert f"**Errors:** the model is wrong on {errors['model_wrong']:,} of {errors['images']:,} test images" in _markdown(at)
     at = _open(monkeypatch, tiny_catalog, "overview")
     assert "Model test AUROC" not in {m.label for m in at.metric}

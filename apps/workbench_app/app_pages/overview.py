@@ -88,10 +88,37 @@ def _imaging(cat: Any) -> None:
                    help=f"Units whose per-image mean activation is associated with {positive} at q < 0.05 after "
                         f"controlling for brightness, contrast, edges and position (of those tested); without that "
                         f"control: {views.fmt_num(raw.get(key))}")
+    _imaging_controls(s, positive)
     if not views.is_missing(best) and str(best).startswith("f") and st.button(f"open {best}", key="_ovimg_best"):
         views.open_feature(str(best))
     st.caption("Per image: mean activation over the layer's grid. Best single feature vs the model: how much of the "
                "model's pathology call one feature carries. The Images page shows the features on the images.")
+
+
+def _imaging_controls(s: dict[str, Any], positive: str) -> None:
+    """What the controls say (catalogs that record them): the causal check against its random-direction control,
+    the model's errors against its features' own call, and features fixed in the frame."""
+    lines = []
+    n = len(s.get("causal_features") or [])
+    if "causal_beyond_control" in s and n:
+        lines.append(f"**Causal check:** {int(s['causal_beyond_control'])} of {n} ablated features move the {positive} "
+                     "logit more than the same amount removed along a random direction (the others are no evidence "
+                     "that the model uses them).")
+    errors, kinds = s.get("model_test_errors") or {}, s.get("disagreements") or {}
+    if errors:
+        right = int(kinds.get("model wrong, features right", 0))
+        both = int(kinds.get("model and features both wrong", 0))
+        lines.append(f"**Errors:** the model is wrong on {int(errors.get('model_wrong', 0)):,} of "
+                     f"{int(errors.get('images', 0)):,} test images ({int(errors.get('false_positive', 0)):,} called "
+                     f"{positive} wrongly, {int(errors.get('false_negative', 0)):,} missed); its pathology features read "
+                     f"{right:,} of them right and err with it on {both:,}.")
+    fixed = s.get("pathology_fixed_region") or {}
+    if isinstance(fixed, dict) and "features" in fixed and fixed.get("of"):
+        lines.append(f"**Possible shortcuts:** {len(fixed['features']):,} of {int(fixed.get('of', 0)):,} pathology "
+                     f"features hold ≥ {100 * float(fixed.get('threshold', 0.8)):.0f}% of their activation on the same "
+                     f"{100 * float(fixed.get('cells_share', 0.05)):.0f}% of the frame.")
+    if lines:
+        st.markdown("\n\n".join(lines))
 
 
 def _captured(cat: Any) -> None:
