@@ -158,15 +158,15 @@ class ResidueRow:
 _STYLE = (
     "<style>"
     ".wbx{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;line-height:1.5}"
-    ".wbx table{border-collapse:collapse;border:none;margin:0;width:auto}"
-    ".wbx td,.wbx th{padding:0 1px;border:none;text-align:center;white-space:nowrap;background:none}"
-    ".wbx td.l{text-align:left;padding-right:8px;font-family:sans-serif;font-size:12px}"
-    ".wbx td.g{color:#bbb}"
-    ".wbx td.n{font-size:9px;color:#666;writing-mode:vertical-rl;transform:rotate(180deg);height:26px;"
-    "vertical-align:bottom;text-align:left}"
-    ".wbx td.r{font-size:11px;color:#888;border-bottom:1px solid #ccc}"
-    ".wbx td.c{font-size:11px;font-weight:600;color:#333}"
-    ".wbx span.a{padding:0 1px;border-radius:2px}"
+    ".wbx span.a{border-radius:2px}"
+    ".wbx .al{display:grid;grid-template-columns:max-content max-content;column-gap:8px;overflow-x:auto;"
+    "padding-bottom:6px;margin-bottom:4px}"
+    ".wbx .al .l{font-family:sans-serif;font-size:12px;white-space:nowrap}"
+    ".wbx .al .q{white-space:pre;letter-spacing:1px}"  # one font size on every line: the columns stay aligned
+    ".wbx .al .n{color:#666}"
+    ".wbx .al .c{font-weight:600;color:#333}"
+    ".wbx .al .r{color:#888;border-bottom:1px solid #ccc}"
+    ".wbx .al .g{color:#bbb}"
     ".wbx .w{color:#fff}"
     ".wbx .k{color:#888}"
     ".wbx .s{word-break:break-all}"
@@ -255,41 +255,64 @@ def _blocks(columns: list[tuple[int, int]], region_of: dict[tuple[int, int], str
     return [b for b in blocks if b]
 
 
+def _number_line(columns: list[tuple[int, int]], width: dict[tuple[int, int], int],
+                 region_of: dict[tuple[int, int], str | None]) -> str:
+    """The IMGT numbers above a block's columns: the first column, every multiple of 10 and each region's first
+    position, where there is room (a number never overwrites the previous one nor runs past the block)."""
+    total = sum(width[k] for k in columns)
+    chars: list[str] = []
+    free = 0  # first character a new number may start at
+    previous = None
+    for k in columns:
+        start = len(chars)
+        chars += [" "] * width[k]
+        if k[0] != 1:
+            continue
+        label = str(k[1])
+        wanted = start == 0 or k[1] % 10 == 0 or region_of[k] != previous
+        previous = region_of[k]
+        if wanted and start >= free and start + len(label) <= total:
+            chars[start:start + len(label)] = list(label)
+            free = start + len(label) + 1
+    return html.escape("".join(chars).rstrip())
+
+
 def _aligned_table(rows: Sequence[ResidueRow], cells: list[dict[tuple[int, int], list[int]]],
                    columns: list[tuple[int, int]], region_of: dict[tuple[int, int], str | None]) -> str:
-    band = ['<td class="l"></td>']  # region band: consecutive columns of one region share a cell
+    """One block of aligned rows as monospace lines (a character per residue, ``-`` where a sequence has no residue
+    at a position, ``.`` filling an insertion column other sequences use more of) under a region band and the IMGT
+    numbers, with labels in a column of their own. Lines, not a table: a few elements per sequence, so the browser
+    draws a switch of feature quickly (bench_app)."""
+    width = {k: max(1, *(len(c.get(k, ())) for c in cells)) for k in columns}
+    band = []
     for run in _runs(columns, region_of):
-        name = region_of[run[0]]
+        name = region_of[run[0]] or ""
+        span = sum(width[k] for k in run)
+        short = "C" + name[3:] if name.startswith("CDR") and len(name) > span else name  # a light chain's CDR2: C2
+        text = html.escape(short[:span].ljust(span))
         if name in CDR_COLOURS:
             lo, hi = next((a, b) for n, a, b in IMGT_REGIONS if n == name)
-            band.append(f'<td colspan="{len(run)}" class="c" style="background:{CDR_COLOURS[name]}" '
-                        f'title="IMGT {name}: {lo}-{hi}">{name}</td>')
+            band.append(f'<span class="c" style="background:{CDR_COLOURS[name]}" title="IMGT {name}: {lo}-{hi}">{text}</span>')
         else:
-            band.append(f'<td colspan="{len(run)}" class="r">{html.escape(name or "")}</td>')
-    numbers = ['<td class="l k">IMGT</td>']
-    for k in columns:
-        name = region_of[k]
-        bg = f' style="background:{CDR_COLOURS[name]}"' if name in CDR_COLOURS else ""
-        numbers.append(f'<td class="n"{bg}>{k[1] if k[0] == 1 else "·"}</td>')
-    body = []
+            band.append(f'<span class="r">{text}</span>')
+    lines = ['<span class="l"></span>', f'<span class="q">{"".join(band)}</span>',
+             '<span class="l k">IMGT</span>', f'<span class="q n">{_number_line(columns, width, region_of)}</span>']
     for row, by_key in zip(rows, cells):
         acts = np.asarray(row.activations, dtype=np.float32)
-        tds = [f'<td class="l">{_label_html(row)}</td>']
+        parts = []
         for k in columns:
-            idx = by_key.get(k)
+            idx = by_key.get(k) or []
             if not idx:
-                tds.append('<td class="g">-</td>')
+                parts.append('<span class="g">' + "-" * width[k] + "</span>")
                 continue
-            parts = []
             for i in idx:
                 a = float(acts[i]) if i < len(acts) else 0.0
                 pos = row.positions[i] if row.positions is not None else None
                 where = f"IMGT {pos}" if pos is not None else f"IMGT {k[1]} (insertion)" if k[0] == 1 else "unnumbered"
                 parts.append(_residue(row.tokens[i], a, f"{row.tokens[i]} {i + 1} · {where} · {a:.2f}"))
-            tds.append(f"<td>{''.join(parts)}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return (f'<div style="overflow-x:auto;padding-bottom:6px"><table><tr>{"".join(band)}</tr>'
-            f'<tr>{"".join(numbers)}</tr>{"".join(body)}</table></div>')
+            parts.append("." * (width[k] - len(idx)))
+        lines += [f'<span class="l">{_label_html(row)}</span>', f'<span class="q">{"".join(parts)}</span>']
+    return f'<div class="al">{"".join(lines)}</div>'
 
 
 def _aligned_html(rows: Sequence[ResidueRow], max_columns: int) -> str:

@@ -150,10 +150,10 @@ def test_feature_page_colours_residues_on_imgt_columns(demo_catalog: Path, monke
     assert at.header[0].value == fid
     page = "".join(_html(at))
     # IMGT numbers above the residues, CDRs marked
-    assert '<td class="l k">IMGT</td>' in page
+    assert '<span class="l k">IMGT</span>' in page
     for cdr in ("CDR1", "CDR2", "CDR3"):
-        assert f">{cdr}</td>" in page
-    assert re.search(r'<td class="n"[^>]*>105</td>', page)
+        assert re.search(rf">{cdr} *</span>", page)
+    assert re.search(r'<span class="q n">[^<]*\b105\b', page)
     # the top example's strongest residue is coloured at full strength, with its IMGT position in the tooltip
     ex = cat.examples(fid)[0]
     i = int(np.argmax(ex.activations))
@@ -167,7 +167,7 @@ def test_feature_page_colours_residues_on_imgt_columns(demo_catalog: Path, monke
     # without alignment the same residues come as wrapped lines
     at.toggle(key="_fb_align").set_value(False).run()
     assert_ok(at)
-    assert '<td class="l k">IMGT</td>' not in "".join(_html(at))
+    assert '<span class="l k">IMGT</span>' not in "".join(_html(at))
     assert tip in "".join(_html(at))
 
 

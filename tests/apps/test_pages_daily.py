@@ -154,7 +154,7 @@ def test_compare_page_shows_both_features(tiny_catalog: Path, monkeypatch: pytes
     assert f"**{len(set(ta) & set(tb))}** of their top sequences are shared" in "\n".join(m.value for m in at.markdown)
     # per-residue activations of both features on the same sequences (the model runs on them)
     (tracks,) = [h.proto.body for h in at.get("html") if f"A {a}" in h.proto.body]
-    assert f"B {b}" in tracks and '<td class="l k">IMGT</td>' in tracks
+    assert f"B {b}" in tracks and '<span class="l k">IMGT</span>' in tracks
     assert "the catalog's model and SAE" in "\n".join(c.value for c in at.caption)
     # their associations side by side
     assoc = at.dataframe[-1].value
@@ -282,8 +282,8 @@ def test_live_track_is_numbered_by_anarci(tiny_catalog: Path, monkeypatch: pytes
     assert_ok(at)
     (drawn,) = at.get("html")
     body = drawn.proto.body
-    assert '<td class="l k">IMGT</td>' in body and all(f">{c}</td>" in body for c in ("CDR1", "CDR2", "CDR3"))
-    assert re.search(r'<td class="n"[^>]*>105</td>', body)
+    assert '<span class="l k">IMGT</span>' in body and all(re.search(rf">{c} *</span>", body) for c in ("CDR1", "CDR2", "CDR3"))
+    assert re.search(r'<span class="q n">[^<]*\b105\b', body)
     # the catalog's own numbering of this chain: the strongest residue's tooltip names its IMGT position
     table = at.dataframe[0].value
     assert body.count('<span class="a') == table["n_residues"].iloc[0]
@@ -300,7 +300,7 @@ def test_live_track_is_numbered_by_anarci(tiny_catalog: Path, monkeypatch: pytes
     at = _encode(_in_app(monkeypatch, tiny_catalog, "live"), seq)
     assert_ok(at)
     (drawn,) = at.get("html")
-    assert '<td class="l k">IMGT</td>' not in drawn.proto.body
+    assert '<span class="l k">IMGT</span>' not in drawn.proto.body
     notes = [c.value for c in at.caption if "hmmscan" in c.value]
     assert len(notes) == 1 and "\n" not in notes[0] and "raw residue numbers" in notes[0]
     st.cache_data.clear()

@@ -377,17 +377,18 @@ def _examples(cat: Any, fid: str) -> None:
     if not rows:
         st.info("No examples: the feature never fires on the analysed sequences.")
         return
-    st.html(views.legend_html())
     top = [r for r in rows if r.extra.get("kind") == "top"]
     rest = sorted((r for r in rows if r.extra.get("kind") != "top"), key=lambda r: images.bin_start(r.extra.get("kind", "")),
                   reverse=True)
-    st.markdown(f"**Top-activating sequences** ({len(top)})")
-    st.html(views.examples_html(top, align=bool(align)))
-    _sequence_links(cat, [r.extra["sequence_id"] for r in top])
+    # one HTML block for the legend, the top examples and the quantile samples: each element costs the browser a
+    # separate mount (bench_app), so the residue views are drawn together
+    parts = [views.legend_html(), f"<p><b>Top-activating sequences</b> ({len(top)})</p>",
+             views.examples_html(top, align=bool(align))]
     if rest:
-        st.markdown(f"**Sequences from the activation quantiles** ({len(rest)}: bins of the per-sequence maxima over the "
-                    "sequences it fires in, highest bin first)")
-        st.html(views.examples_html(rest, align=bool(align)))
+        parts += [f"<p><b>Sequences from the activation quantiles</b> ({len(rest)}: bins of the per-sequence maxima over "
+                  "the sequences it fires in, highest bin first)</p>", views.examples_html(rest, align=bool(align))]
+    st.html("".join(parts))
+    _sequence_links(cat, [r.extra["sequence_id"] for r in top])
 
 
 def _sequence_links(cat: Any, sequence_ids: list[str]) -> None:
