@@ -198,9 +198,8 @@ def disagreements(
 
     cols = ["rank", "kind", "image_id", "split", "label", "p_model", "p_features", "model_correct", "features_correct"]
     lab = np.asarray(label, dtype=object)
-    known = np.asarray([v is not None and v == v for v in lab])
+    known, y = _known_labels(lab)
     fit = np.asarray(fit, dtype=bool) & known
-    y = np.asarray([bool(v) if k else False for v, k in zip(lab, known)])
     if not features or len(set(y[fit])) < 2:
         return pd.DataFrame(columns=cols + ["features"])
     index = {n: i for i, n in enumerate(names)}
@@ -239,12 +238,18 @@ def disagreements(
     return out[cols + ["features"]]
 
 
+def _known_labels(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which images have a label (None / NaN: none) and the labels as booleans (False where there is none)."""
+    known = np.asarray([v is not None and v == v for v in label], dtype=bool)
+    return known, np.asarray([bool(v) if k else False for v, k in zip(label, known)], dtype=bool)
+
+
 def disagreement_counts(label: np.ndarray, p_model: np.ndarray, *, mask: np.ndarray | None = None) -> dict[str, int]:
     """How often the model's call is wrong on the labelled images under ``mask``: ``{"images", "model_wrong",
     "false_positive", "false_negative"}``."""
-    lab = np.asarray(label, dtype=object)
-    known = np.asarray([v is not None and v == v for v in lab]) & (np.ones(len(lab), bool) if mask is None else mask)
-    y = np.asarray([bool(v) if k else False for v, k in zip(lab, known)])
+    known, y = _known_labels(np.asarray(label, dtype=object))
+    if mask is not None:
+        known = known & np.asarray(mask, dtype=bool)
     call = np.asarray(p_model, dtype=np.float64) >= 0.5
     return {"images": int(known.sum()), "model_wrong": int((known & (call != y)).sum()),
             "false_positive": int((known & call & ~y).sum()), "false_negative": int((known & ~call & y).sum())}

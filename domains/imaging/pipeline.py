@@ -208,9 +208,9 @@ def annotate_images(
     model_auc = float(auroc(p_model[eval_set][:, None], is_pos[eval_set])[0])
     model_acc = float(((p_model[eval_set] >= 0.5) == is_pos[eval_set]).mean())
     pairs = il["assoc"]["sae"].pairs.merge(il["region"], on="feature", how="left")
-    up = pathology_features(pairs, alpha=cfg.alpha, n=max(cfg.n_causal, cfg.group_size))
-    down = pathology_features(pairs, alpha=cfg.alpha, n=max(cfg.n_causal // 3, 1), direction=-1)
-    every = [f for d in (1, -1) for f in pathology_features(pairs, alpha=cfg.alpha, n=len(pairs), direction=d)]
+    higher, lower = (pathology_features(pairs, alpha=cfg.alpha, n=len(pairs), direction=d) for d in (1, -1))
+    up, down = higher[: max(cfg.n_causal, cfg.group_size)], lower[: max(cfg.n_causal // 3, 1)]
+    every = higher + lower
     share = pairs.set_index("feature")["region_share"]
     fixed = [f for f in every if float(share.get(f, np.nan)) >= SHORTCUT_SHARE]  # possible shortcuts, listed
     causal_feats = (up[: cfg.n_causal - min(len(down), cfg.n_causal // 3)] + down)[: cfg.n_causal] if cfg.n_causal > 0 else []
@@ -232,6 +232,7 @@ def annotate_images(
     disagree = disagreements(ids, np.where(labelled, is_pos, None), p_model, il["pooled"], il["names"],
                              features=up[:5] + down[:5], fit=fit, splits=list(split))
     kinds = disagree["kind"].astype(str).value_counts() if len(disagree) else pd.Series(dtype=int)
+    single = causal[causal["kind"] == "feature"]
     images = pd.DataFrame({"image_id": ids, "split": split, "label": names, "pathology": label_col, "p_model": p_model})
     images = pd.concat([images, props.reset_index(drop=True)[PROPERTY_COLUMNS]], axis=1)
     per_rep = {name: res.best.iloc[0] if len(res.best) else None for name, res in il["assoc"].items()}
@@ -259,9 +260,9 @@ def annotate_images(
         "best_units": il["best_units"],
         "pathology_fixed_region": {"threshold": SHORTCUT_SHARE, "cells_share": REGION_CELLS, "features": fixed,
                                    "of": len(every)},
-        "causal_median_abs_dlogit_firing": _median(causal[causal["kind"] == "feature"]["abs_dlogit_firing"]),
-        "causal_median_abs_dlogit_random": _median(causal[causal["kind"] == "feature"]["abs_dlogit_random"]),
-        "causal_beyond_control": int(causal[causal["kind"] == "feature"]["beyond_control"].sum()),
+        "causal_median_abs_dlogit_firing": _median(single["abs_dlogit_firing"]),
+        "causal_median_abs_dlogit_random": _median(single["abs_dlogit_random"]),
+        "causal_beyond_control": int(single["beyond_control"].sum()),
         "causal_features": [str(f) for f in causal_feats],
         "causal_groups": {r.feature: {"dlogit_firing": round(float(r.dlogit_firing), 4), "flip_fraction": round(float(r.flip_fraction), 4),
                                       "dlogit_random": round(float(r.dlogit_random), 4),
