@@ -12,7 +12,7 @@ script runs through ``streamlit.testing.v1.AppTest`` (what the server does per i
 drawing), each page in a fresh session: "first render" includes opening the catalog in that process the first time
 (cached afterwards, as in the server); "switch" is the feature browser re-run with another feature selected (median of
 10). A second pass measures the same in a real browser: Debian's chromium through Playwright against `workbench app`.
-Target: a feature switch in chromium in 1 s or less (median).
+Target: a feature switch in chromium in 1 s or less (median), judged on the later end (the status widget gone).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -99,11 +100,34 @@ PAGE_TEXT = {"overview": "Concepts captured", "features": "Feature browser", "co
              "discovery": "Discovery", "atlas": "Feature atlas", "live": "Live input"}
 
 
-def time_browser(catalog: Path, n: int = 5) -> tuple[dict[str, float], float, float]:
+# The in-page switch ends when the new feature's header is drawn and the browser knows the script has finished:
+# Streamlit's status widget ("Running...") then starts its 200 ms exit transition (class ``StatusWidget-exit``) and is
+# removed after it. Both ends are timed; a plain DOM check, evaluated on each animation frame, keeps the measurement
+# itself cheap (Playwright's role queries walk the whole page on every poll, about 50 ms of the page's main thread
+# per switch).
+SWITCH_DONE = """(fid) => {
+  const w = document.querySelector('[data-testid="stStatusWidget"]');
+  return (!w || w.classList.contains('StatusWidget-exit'))
+    && [...document.querySelectorAll('h2')].some(h => h.textContent.trim().startsWith(fid)); }"""
+STATUS_GONE = """() => !document.querySelector('[data-testid="stStatusWidget"]')"""
+
+
+class BrowserTimes(NamedTuple):
+    pages: dict[str, float]
+    """Seconds from navigation to each page rendered (script finished)."""
+    by_url: float
+    """Median seconds to open another feature by its URL (a full page load)."""
+    in_page: float
+    """Median seconds of the in-page switch until the header is drawn and the script has finished."""
+    in_page_idle: float
+    """The same until the status widget's exit transition has ended too (200 ms later at most)."""
+
+
+def time_browser(catalog: Path, n: int = 5) -> BrowserTimes:
     """Real browser (Debian's chromium through Playwright): seconds from navigation to each page rendered (script
     finished), the median time to open another feature by its URL (a full page load), and the median time to switch
     feature inside the page as a user does (its id typed into the search box and Enter: the script re-runs over the
-    open connection) until its header is drawn and the script has finished."""
+    open connection) until its header is drawn and the script has finished, and until the status widget is gone."""
     from playwright.sync_api import sync_playwright
 
     from apps.workbench_app.serving import chromium_path, serve_app, wait_rendered
@@ -130,17 +154,18 @@ def time_browser(catalog: Path, n: int = 5) -> tuple[dict[str, float], float, fl
             page.goto(f"{url}/features?feature={fid}", wait_until="domcontentloaded")
             wait_rendered(page, str(fid))
             switches.append(time.perf_counter() - t0)
-        in_page = []
+        done, idle = [], []
         box = page.get_by_role("textbox", name="Search features")
         for fid in live[step // 2 :: step][:n]:
             box.fill(str(fid))
             t0 = time.perf_counter()
             box.press("Enter")
-            page.get_by_role("heading", name=str(fid)).first.wait_for(timeout=60_000)
-            page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-            in_page.append(time.perf_counter() - t0)
+            page.wait_for_function(SWITCH_DONE, arg=str(fid), timeout=60_000)
+            done.append(time.perf_counter() - t0)
+            page.wait_for_function(STATUS_GONE, timeout=60_000)
+            idle.append(time.perf_counter() - t0)
         browser.close()
-    return pages, statistics.median(switches), statistics.median(in_page)
+    return BrowserTimes(pages, statistics.median(switches), statistics.median(done), statistics.median(idle))
 
 
 def main() -> None:
@@ -164,10 +189,10 @@ def main() -> None:
         print(name, {k: round(v, 2) for k, v in pages.items()}, "switch", round(switch, 3), flush=True)
     browser_rows = []
     for name, path in catalogs.items():
-        pages, switch, in_page = time_browser(path)
-        browser_rows.append((f"{name}, chromium", pages, switch, in_page))
-        print(name, "browser", {k: round(v, 2) for k, v in pages.items()}, "switch", round(switch, 3), "in page",
-              round(in_page, 3), flush=True)
+        b = time_browser(path)
+        browser_rows.append((f"{name}, chromium", b))
+        print(name, "browser", {k: round(v, 2) for k, v in b.pages.items()}, "switch", round(b.by_url, 3), "in page",
+              round(b.in_page, 3), "status widget gone", round(b.in_page_idle, 3), flush=True)
     lines = [f"## {dt.date.today().isoformat()} — bench_app (catalog explorer)", "",
              f"Machine: {cpu_model()}, {os.cpu_count()} cores. Seconds. Rows without 'chromium': AppTest script runs "
              "(server side), first render of each page in a fresh session, feature switch = median of 10 re-runs of the "
@@ -175,16 +200,17 @@ def main() -> None:
              "(fresh server), navigation to the page rendered (script finished), in page order (the first includes "
              "opening the catalog); feature switch = median of 5 loads of `/features?feature=ID` (a full page load); "
              "in-page switch = median of 5 switches as a user makes them (the id typed in the search box, Enter, until "
-             "the feature's header is drawn and the script has finished). "
+             "the feature's header is drawn and the script has finished, i.e. Streamlit's status widget starts its "
+             "200 ms exit transition; in brackets: until the widget is gone). "
              f"Load average before the run: {LOAD_BEFORE}.", "",
              "| catalog | " + " | ".join(PAGES) + " | switch by URL | in-page switch | target ≤ 1 s |",
              "|---|" + "---|" * (len(PAGES) + 3)]
     for name, pages, switch in rows:
         lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | – | "
                      + ("met" if switch <= 1 else "NOT met") + " |")
-    for name, pages, switch, in_page in browser_rows:
-        lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | {in_page:.3f} | "
-                     + ("met" if in_page <= 1 else "NOT met") + " |")
+    for name, b in browser_rows:
+        lines.append(f"| {name} | " + " | ".join(f"{b.pages[p]:.2f}" for p in PAGES) + f" | {b.by_url:.3f} | "
+                     f"{b.in_page:.3f} ({b.in_page_idle:.3f}) | " + ("met" if b.in_page_idle <= 1 else "NOT met") + " |")
     text = "\n".join(lines) + "\n"
     record(text, write=not args.no_write)
 

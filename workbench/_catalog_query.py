@@ -52,7 +52,8 @@ def search(cat: Catalog, query: str, *, limit: int = 20) -> pd.DataFrame:
                  for f, c, v in zip(hit["feature"], hit["concept"], hit["test_f1"])]
     rows += sequence_search_rows(cat, ql)
     words = ql.split()
-    text = (var["description"].astype(str) + " " + var["top_concept"].astype(str)).str.lower()
+    text = cat._cached("search:text", lambda: (var["description"].astype(str) + " "
+                                               + var["top_concept"].astype(str)).str.lower())
     mask = np.ones(len(text), dtype=bool)
     for w in words:
         mask &= text.str.contains(w, regex=False).to_numpy()
@@ -127,7 +128,12 @@ FINDING_COLUMNS = ("kind", "status", "n_test", "test_auroc", "test_auroc_adjuste
 def sequence_evidence(cat: Catalog) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """What a catalog stores about its sequence-level concepts (per-sequence labels such as a ``user`` file's):
     the ``sequence_findings`` table, and the SAE weights of the sequence-level probes with their ``feature`` id and
-    ``concept`` (``<target>=<class>``). Either is None when the catalog lacks it."""
+    ``concept`` (``<target>=<class>``). Either is None when the catalog lacks it. Read once per catalog object
+    (every search reads it); callers must not change the frames."""
+    return cat._cached("sequence_evidence", lambda: _sequence_evidence(cat))
+
+
+def _sequence_evidence(cat: Catalog) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     findings = cat.table("sequence_findings") if "sequence_findings" in cat.tables else None
     weights = None
     if "probe_weights" in cat.tables and "probes" in cat.tables:

@@ -123,7 +123,7 @@ def test_discovery_filters_change_the_table(tiny_catalog: Path, monkeypatch: pyt
 def test_discovery_downloads_the_filtered_rows_as_csv(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import streamlit as st
 
-    sent: dict[str, bytes] = {}
+    sent: dict[str, Any] = {}
     original = st.download_button
 
     def spy(label: str, data: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,13 +138,13 @@ def test_discovery_downloads_the_filtered_rows_as_csv(tiny_catalog: Path, monkey
     parquet = pd.read_parquet(io.BytesIO(sent["missing_annotations.parquet"]()))  # written when clicked
     assert list(parquet.columns) == list(table.columns) and len(parquet) == len(table)
     assert at.download_button[0].label == f"Download {len(table)} rows (CSV)"
-    full = pd.read_csv(io.BytesIO(sent["missing_annotations.csv"]))
+    full = pd.read_csv(io.BytesIO(sent["missing_annotations.csv"]()))
     assert list(full.columns) == list(table.columns) and len(full) == len(table)
 
     groups = table["concept"].str.split("=").str[0]
     group = groups.value_counts().index[-1]
     at.multiselect(key="missing_groups").set_value([group]).run()
-    part = pd.read_csv(io.BytesIO(sent["missing_annotations.csv"]))
+    part = pd.read_csv(io.BytesIO(sent["missing_annotations.csv"]()))
     assert len(part) == int((groups == group).sum()) < len(table)
     assert set(part["concept"].str.split("=").str[0]) == {group}
 

@@ -99,11 +99,39 @@ def test_window_counts_follow_imgt_positions(tiny_catalog: Path) -> None:
     imgt = views.parse_positions(cat.sequences.at[ex.sequence_id, "imgt"], len(ex.sequence))
     if imgt[peak] is not None:
         assert counts.at[str(imgt[peak]), ex.sequence[peak]] >= 1
-    png = logos.logo_png(counts, title=fid, highlight=str(imgt[peak]))
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    _check_logo_svg(counts, fid, str(imgt[peak]))
     # without IMGT numbers: offsets from the strongest residue
     counts, kind = logos.window_counts(cat, [fid], use_imgt=False)
     assert kind == "offset" and "0" in counts.index and counts.loc["0"].sum() == len(tops)
+
+
+def _check_logo_svg(counts: pd.DataFrame, title: str, highlight: str) -> None:
+    """The SVG logo: one letter per non-zero information height, stacked to each column's information content, the
+    columns labelled in order, the peak column shaded."""
+    import xml.etree.ElementTree as ET
+
+    import logomaker
+
+    svg = logos.logo_svg(counts, title=title, highlight=highlight)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    info = logomaker.transform_matrix(counts.reset_index(drop=True).astype(float), from_type="counts",
+                                      to_type="information", pseudocount=0).fillna(0.0)
+    glyphs = [p for p in root.iter(f"{ns}path") if p.get("class") == "glyph"]
+    assert len(glyphs) == int((info.to_numpy() > 1e-6).sum())
+    # the letters of a column are its non-zero letters, their heights the information transform (bits)
+    by_x: dict[float, list[tuple[str, float]]] = {}
+    for p in glyphs:
+        a, _, _, _, e, _ = (float(v) for v in re.findall(r"-?[\d.]+", p.get("transform")))
+        by_x.setdefault(round(e + a / 2, 1), []).append((p.get("data-letter"), float(p.get("data-bits"))))
+    first = sorted(by_x)[0]
+    row = info.iloc[0]
+    assert sorted(by_x[first]) == sorted((str(a), round(float(v), 4)) for a, v in row.items() if v > 1e-6)
+    texts = [t.text for t in root.iter(f"{ns}text") if t.get("class") == "column"]
+    assert texts == [str(i) for i in counts.index]
+    shaded = [r for r in root.iter(f"{ns}rect") if r.get("class") == "peak"]
+    assert len(shaded) == (1 if highlight in texts else 0)
+    assert title in "".join(t.text or "" for t in root.iter(f"{ns}text"))
 
 
 def test_feature_and_concept_pages_draw_logos(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,7 +288,7 @@ def test_every_table_has_csv_and_parquet_downloads(page: str, tiny_catalog: Path
     assert len(csv) >= len(at.dataframe) > 0 and len(keys) == 2 * len(csv)
     assert all(k.removesuffix("_csv") + "_parquet" in keys for k in csv)
     for key in csv:  # the Parquet file holds the CSV's rows and columns
-        table = pd.read_csv(io.BytesIO(sent[key]))
+        table = pd.read_csv(io.BytesIO(sent[key]()))  # both files are written when clicked
         parquet = pd.read_parquet(io.BytesIO(sent[key.removesuffix("_csv") + "_parquet"]()))
         assert list(parquet.columns) == list(table.columns) and len(parquet) == len(table)
 
@@ -291,6 +319,7 @@ def test_live_track_is_numbered_by_anarci(tiny_catalog: Path, monkeypatch: pytes
     assert any(f"· IMGT {p} ·" in body for p in imgt if p is not None)
     genes = "\n".join(m.value for m in at.markdown)
     assert "IMGT numbering by ANARCI" in genes and "https://www.imgt.org/genedb/GENElect?query=2+IGHV" in genes
+    assert {"live_csv", "live_parquet"} <= {b.key for b in at.download_button}  # its table downloads as both
 
     # without hmmscan: raw positions and a one-line note
     from apps.workbench_app import _live

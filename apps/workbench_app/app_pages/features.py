@@ -254,9 +254,6 @@ def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
 
 
 def _histogram(cat: Any, fid: str) -> None:
-    import altair as alt
-    import pandas as pd
-
     st.subheader("Activation histogram")
     values = views.feature_maxima(cat, fid)
     n_seq = int(cat.summary.get("n_sequences") or len(cat.sequences))
@@ -265,14 +262,8 @@ def _histogram(cat: Any, fid: str) -> None:
         st.info(f"The feature fires in no analysed {u.item}.")
         return
     counts, edges = np.histogram(values, bins=20, range=(0.0, 1.0))
-    frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], u.items: counts})
-    chart = alt.Chart(frame).mark_bar(color="#d62728").encode(
-        x=alt.X("from:Q", bin="binned", title=f"max activation in the {u.item} (fraction of the feature's max)",
-                scale=alt.Scale(domain=[0, 1])),
-        x2="to:Q", y=alt.Y(f"{u.items}:Q", title=u.items),
-        tooltip=[alt.Tooltip("from:Q", format=".2f"), alt.Tooltip("to:Q", format=".2f"), f"{u.items}:Q"],
-    ).properties(height=220)
-    st.altair_chart(chart, width="stretch")
+    st.vega_lite_chart(views.histogram_spec(edges, counts, x_title=f"max activation in the {u.item} (fraction of the "
+                                            "feature's max)", y_title=u.items, colour="#d62728"), width="stretch")
     st.caption(f"Fires in {len(values):,} of {n_seq:,} {u.items}; median of the per-{u.item} maxima "
                f"{float(np.median(values)):.2f}.")
 

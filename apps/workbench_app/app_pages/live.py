@@ -71,8 +71,7 @@ def _show_result(cat: Any, result: _live.LiveResult) -> None:
         "peak": st.column_config.TextColumn("strongest at"),
         "top_concept": st.column_config.TextColumn("top concept"),
     })
-    st.download_button("Download the table (CSV)", table.to_csv(index=False).encode("utf-8"),
-                       file_name="live_features.csv", mime="text/csv", key="live_csv", icon=":material/download:")
+    views.table_downloads(table, name="live_features", key="live")
 
     st.subheader("Where a feature fires")
     descriptions = dict(zip(table["feature"], table["description"]))
