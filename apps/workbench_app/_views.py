@@ -39,7 +39,7 @@ __all__ = [
     "activation_color", "parse_positions", "imgt_region", "tokens_of", "residues_html", "examples_html",
     "legend_html", "feature_maxima", "cached_feature", "cached_neighbors", "cached_search", "feature_labels",
     "example_rows", "open_feature", "resolve_feature", "csv_download", "table_downloads", "distinct_palette",
-    "asked_feature", "obs_matrix", "units", "example_concepts", "histogram_spec",
+    "asked_feature", "obs_matrix", "units", "example_concepts", "histogram_spec", "metrics_html",
 ]
 
 FEATURES_PAGE = "app_pages/features.py"
@@ -363,6 +363,18 @@ def histogram_spec(edges: np.ndarray, counts: np.ndarray, *, x_title: str, y_tit
                         {"field": "n", "type": "quantitative", "title": y_title}],
         },
     }
+
+
+def metrics_html(items: Sequence[tuple[str, str, str]]) -> str:
+    """A row of metrics as one HTML block (for ``st.html``): ``(label, value, help)`` each, the help as the tooltip,
+    drawn like ``st.metric`` (small grey label over a large value). One block instead of a column and a metric
+    element per value: the feature browser redraws this row on every switch."""
+    cells = "".join(f'<div title="{html.escape(help_)}"><div style="font-size:14px;color:rgba(49,51,63,0.6);'
+                    f'white-space:nowrap;overflow:hidden;text-overflow:ellipsis">{html.escape(label)}</div>'
+                    f'<div style="font-size:2rem;line-height:1.3;white-space:nowrap">{html.escape(value)}</div></div>'
+                    for label, value, help_ in items)
+    return (f'<div class="wb-metrics" style="display:grid;grid-template-columns:repeat({max(1, len(items))},'
+            f'minmax(0,1fr));column-gap:16px">{cells}</div>')
 
 
 def legend_html() -> str:

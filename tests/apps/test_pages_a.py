@@ -6,6 +6,7 @@ Each page script is run the way Streamlit runs it (``streamlit.testing.v1.AppTes
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from apptest_helpers import assert_ok, page_test  # noqa: E402  (tests/apps, on the path under pytest)
+from apptest_helpers import assert_ok, page_test, send_selection  # noqa: E402  (tests/apps, on the path under pytest)
 
 from apps.workbench_app import _views as views  # noqa: E402
 from workbench.catalog import Catalog  # noqa: E402
@@ -129,12 +130,14 @@ def test_selecting_another_feature_changes_what_is_shown(demo_catalog: Path, mon
     assert views.md_escape(var.at[b, "description"]) in text
     assert views.md_escape(var.at[a, "description"]) not in text
     assert at.query_params["feature"] == [b]  # the address bar bookmarks the feature shown
-    # a nearest-feature button opens that feature
-    nb = [x for x in at.button if (x.key or "").startswith("_fb_nb_")]
-    assert len(nb) == 10
-    nb[0].click().run()
+    # a click on a row of the nearest-feature table opens that feature
+    (table,) = [d for d in at.dataframe if "cosine" in d.value.columns]
+    expected = Catalog.open(demo_catalog).neighbors(b, 10)
+    assert list(table.value["feature"]) == list(expected["feature"])
+    send_selection(at, table, {"rows": [2], "columns": [], "cells": []})
     assert_ok(at)
-    assert at.header[0].value == nb[0].key.removeprefix("_fb_nb_") != b
+    assert at.header[0].value == str(expected["feature"].iloc[2]) != b
+    assert at.query_params["feature"] == [str(expected["feature"].iloc[2])]
 
 
 @pytest.mark.slow
@@ -204,6 +207,13 @@ def test_feature_page_shows_probe_and_causal_figures(tiny_catalog: Path, monkeyp
     assert_ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Ratio"] == views.fmt_num(var.at[measured[0], "causal_kl_ratio"])
+    # the feature's own figures: one HTML row, each value under its label with its help as the tooltip
+    strip = next(str(h.proto.body) for h in at.get("html") if "wb-metrics" in str(h.proto.body))
+    row = var.loc[measured[0]]
+    for label, value in (("Density", views.fmt_pct(row["density"], digits=3)), ("Test F1", views.fmt_num(row["top_f1"])),
+                         ("Family", str(row["family"]))):
+        assert re.search(rf">{re.escape(label)}</div><div[^>]*>{re.escape(html.escape(value))}</div>", strip)
+    assert 'title="Leiden cluster of decoder directions"' in strip
     assert f"`{var.at[measured[0], 'probe_target']}`" in _markdown(at)
     unmeasured = str(var.index[var["causal_kl_ratio"].isna()][0])
     at.session_state["feature"] = unmeasured

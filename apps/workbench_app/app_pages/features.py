@@ -39,7 +39,6 @@ PICK_HITS = "_fb_pick_hits"
 QUERY = "_fb_query"
 ALIGN = "_fb_align"
 MIN_CORR = "_fb_min_corr"
-HIT_IDS = "_fb_hit_ids"
 COMPARE_PAGE = "app_pages/compare.py"
 _SCORE_COLUMNS = ["description_corr", "description_spearman", "description_detection", "description_f1"]
 _SCORE_CONFIG = {
@@ -133,14 +132,14 @@ def _on_query() -> None:
         select_feature(str(hits["feature"].iloc[0]))
 
 
-def _on_result(key: str) -> None:
-    """A clicked search-result row opens its feature."""
+def _on_row(key: str, ids: tuple[str, ...]) -> None:
+    """A clicked row of a table of features (search results, nearest features) opens its feature; ``ids`` are the
+    table's feature ids in the order shown."""
     event = st.session_state.get(key)
     try:
         rows = list(event["selection"]["rows"])
     except (KeyError, TypeError):
         rows = []
-    ids = st.session_state.get(HIT_IDS) or []
     if rows and 0 <= int(rows[0]) < len(ids):
         select_feature(str(ids[int(rows[0])]))
 
@@ -174,10 +173,10 @@ def _pick(cat: Any, fid: str) -> None:
     right.selectbox(f"Feature ({len(options)} search result{'s' if len(options) != 1 else ''})", options, key=PICK_HITS,
                     format_func=lambda f: labels.get(f, f), on_change=_on_pick, args=(PICK_HITS,),
                     placeholder="pick a result")
-    st.session_state[HIT_IDS] = options
     key = f"_fb_hits_{zlib.crc32(f'{query}|{min_corr}'.encode()):08x}"  # a new search starts with no row selected
     with st.expander(f"Search results for {query!r} (click a row to open it)", expanded=True):
-        st.dataframe(hits, hide_index=True, width="stretch", key=key, on_select=functools.partial(_on_result, key),
+        st.dataframe(hits, hide_index=True, width="stretch", key=key,
+                     on_select=functools.partial(_on_row, key, tuple(options)),
                      selection_mode="single-row",
                      column_config={"feature": st.column_config.TextColumn("feature", pinned=True),
                                     "test_f1": st.column_config.NumberColumn("test F1", format="%.3f"),
@@ -214,43 +213,49 @@ def _filtered(cat: Any, fid: str, min_corr: float, right: Any) -> None:
 
 
 def _header(cat: Any, fid: str, info: dict[str, Any]) -> None:
+    """The feature's id, description, top concept (one Markdown block), activation profile and description score (one
+    caption), and its figures (one HTML row)."""
     st.header(fid)
     desc = info.get("description")
-    st.markdown(f"**Description:** {views.md_escape(desc if not views.is_missing(desc) else 'none')}")
+    text = [f"**Description:** {views.md_escape(desc if not views.is_missing(desc) else 'none')}"]
+    top = info.get("top_concept")
+    if views.is_missing(top):
+        text.append("**Top concept:** none (overlaps no labelled concept)")
+    else:
+        out = links.concept_links(str(top))
+        text.append(f"**Top concept:** `{top}` — test F1 {views.fmt_num(info.get('top_f1'))}, precision "
+                    f"{views.fmt_num(info.get('top_precision'))}, q {views.md_escape(views.fmt_q(info.get('top_q')))}, "
+                    f"threshold {views.fmt_num(info.get('top_threshold'))} of its max"
+                    + (f" ({links.md_links(out)})" if out else ""))
+    st.markdown("\n\n".join(text))
+    notes = []
     if not views.is_missing(info.get("profile")):
-        st.caption(f"Activation profile: {views.md_escape(info['profile'])}")
+        notes.append(f"Activation profile: {views.md_escape(info['profile'])}")
     if "description_corr" in info or "description_detection" in info:
         if views.is_missing(info.get("description_detection")):
-            st.caption("Description score: none (no description from the validation sequences, or no activation on "
-                       "the test sequences).")
+            notes.append("Description score: none (no description from the validation sequences, or no activation on "
+                         "the test sequences).")
         else:
-            st.caption(
+            notes.append(
                 f"Description score on held-out sequences: predicted vs real activation r "
                 f"{views.fmt_num(info.get('description_corr'), digits=2)} (Spearman "
                 f"{views.fmt_num(info.get('description_spearman'), digits=2)}); detection balanced accuracy "
                 f"{views.fmt_num(info.get('description_detection'), digits=2)}, F1 "
                 f"{views.fmt_num(info.get('description_f1'), digits=2)}.")
+    if notes:
+        st.caption("  \n".join(notes))
     n_seq = cat.summary.get("n_sequences") or len(cat.sequences)
-    top = info.get("top_concept")
-    if views.is_missing(top):
-        st.markdown("**Top concept:** none (overlaps no labelled concept)")
-    else:
-        out = links.concept_links(str(top))
-        st.markdown(f"**Top concept:** `{top}` — test F1 {views.fmt_num(info.get('top_f1'))}, precision "
-                    f"{views.fmt_num(info.get('top_precision'))}, q {views.md_escape(views.fmt_q(info.get('top_q')))}, "
-                    f"threshold {views.fmt_num(info.get('top_threshold'))} of its max"
-                    + (f" ({links.md_links(out)})" if out else ""))
-    cols = st.columns(6)
-    cols[0].metric("Density", views.fmt_pct(info.get("density"), digits=3), help="Fraction of the analysed tokens it fires on")
-    cols[1].metric("Max activation", views.fmt_num(info.get("max_activation")),
-                   help="In SAE units; examples are normalised by it")
     u = views.units(cat)
-    cols[2].metric(u.items.capitalize(), views.fmt_num(info.get("n_sequences")),
-                   help=f"{u.items.capitalize()} (of {views.fmt_num(n_seq)}) in which it fires at least once")
-    cols[3].metric("Test F1", views.fmt_num(info.get("top_f1")),
-                   help="Of its top concept: precision x domain-level recall on the test half")
-    cols[4].metric("q-value", views.fmt_q(info.get("top_q")), help="Benjamini-Hochberg q of the hypergeometric enrichment")
-    cols[5].metric("Family", str(info.get("family", "–")), help="Leiden cluster of decoder directions")
+    st.html(views.metrics_html([
+        ("Density", views.fmt_pct(info.get("density"), digits=3), "Fraction of the analysed tokens it fires on"),
+        ("Max activation", views.fmt_num(info.get("max_activation")), "In SAE units; examples are normalised by it"),
+        (u.items.capitalize(), views.fmt_num(info.get("n_sequences")),
+         f"{u.items.capitalize()} (of {views.fmt_num(n_seq)}) in which it fires at least once"),
+        ("Test F1", views.fmt_num(info.get("top_f1")),
+         "Of its top concept: precision x domain-level recall on the test half"),
+        ("q-value", views.fmt_q(info.get("top_q")), "Benjamini-Hochberg q of the hypergeometric enrichment"),
+        ("Family", str(info.get("family", "–")), "Leiden cluster of decoder directions"),
+    ]))
 
 
 def _histogram(cat: Any, fid: str) -> None:
@@ -262,8 +267,8 @@ def _histogram(cat: Any, fid: str) -> None:
         st.info(f"The feature fires in no analysed {u.item}.")
         return
     counts, edges = np.histogram(values, bins=20, range=(0.0, 1.0))
-    st.vega_lite_chart(views.histogram_spec(edges, counts, x_title=f"max activation in the {u.item} (fraction of the "
-                                            "feature's max)", y_title=u.items, colour="#d62728"), width="stretch")
+    st.vega_lite_chart(views.histogram_spec(edges, counts, x_title=f"max per {u.item} / the feature's max",
+                                            y_title=u.items, colour="#d62728"), width="stretch")
     st.caption(f"Fires in {len(values):,} of {n_seq:,} {u.items}; median of the per-{u.item} maxima "
                f"{float(np.median(values)):.2f}.")
 
@@ -473,18 +478,21 @@ def _causal(cat: Any, fid: str, info: dict[str, Any]) -> None:
 
 
 def _neighbors(cat: Any, fid: str) -> None:
+    """The ten features with the most similar decoder directions; clicking a row opens that feature (one table, not a
+    button per neighbour: fewer elements for the browser to redraw on every switch)."""
     st.subheader("Nearest features by decoder direction")
     nb = views.cached_neighbors(cat, fid, k=10)
     if nb.empty:
         st.info("No other features.")
         return
-    cols = st.columns(5)
-    for i, row in enumerate(nb.itertuples(index=False)):
-        nfid = str(row.feature)
-        cols[i % 5].button(f"{nfid} · cos {row.cosine:.2f}", key=f"_fb_nb_{nfid}", on_click=select_feature, args=(nfid,),
-                           help=str(row.description), width="stretch")
-    st.dataframe(nb, hide_index=True, width="stretch",
-                 column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
+    st.caption("Click a row to open that feature.")
+    key = f"_fb_nb_{fid}"  # a new feature starts with no row selected
+    st.dataframe(nb, hide_index=True, width="stretch", key=key,
+                 on_select=functools.partial(_on_row, key, tuple(str(f) for f in nb["feature"])),
+                 selection_mode="single-row",
+                 column_config={"feature": st.column_config.TextColumn("feature", pinned=True),
+                                "cosine": st.column_config.NumberColumn(format="%.3f"),
+                                "description": st.column_config.TextColumn("description", width="large")})
     views.table_downloads(nb, name=f"{fid}_neighbours", key="_fb_dl_nb")
 
 
