@@ -116,7 +116,10 @@ class BrowserTimes(NamedTuple):
     pages: dict[str, float]
     """Seconds from navigation to each page rendered (script finished)."""
     by_url: float
-    """Median seconds to open another feature by its URL (a full page load)."""
+    """Median seconds to open another feature by its URL (a full page load), until the header is drawn and the script
+    has finished."""
+    by_url_idle: float
+    """The same until the status widget is gone too."""
     in_page: float
     """Median seconds of the in-page switch until the header is drawn and the script has finished."""
     in_page_idle: float
@@ -125,7 +128,8 @@ class BrowserTimes(NamedTuple):
 
 def time_browser(catalog: Path, n: int = 5) -> BrowserTimes:
     """Real browser (Debian's chromium through Playwright): seconds from navigation to each page rendered (script
-    finished), the median time to open another feature by its URL (a full page load), and the median time to switch
+    finished), the median time to open another feature by its URL (a full page load: the previous page is unloaded, the
+    app's scripts and a new session start, every element is drawn afresh), and the median time to switch
     feature inside the page as a user does (its id typed into the search box and Enter: the script re-runs over the
     open connection) until its header is drawn and the script has finished, and until the status widget is gone."""
     from playwright.sync_api import sync_playwright
@@ -140,7 +144,6 @@ def time_browser(catalog: Path, n: int = 5) -> BrowserTimes:
     live = var[var["density"] > 0].index.tolist()
     step = max(1, len(live) // (n + 1))
     pages: dict[str, float] = {}
-    switches = []
     with serve_app(catalog) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -149,11 +152,14 @@ def time_browser(catalog: Path, n: int = 5) -> BrowserTimes:
             page.goto(url if name == "overview" else f"{url}/{name}", wait_until="domcontentloaded")
             wait_rendered(page, PAGE_TEXT[name])
             pages[name] = time.perf_counter() - t0
+        by_url, by_url_idle = [], []
         for fid in live[step::step][:n]:
             t0 = time.perf_counter()
             page.goto(f"{url}/features?feature={fid}", wait_until="domcontentloaded")
-            wait_rendered(page, str(fid))
-            switches.append(time.perf_counter() - t0)
+            page.wait_for_function(SWITCH_DONE, arg=str(fid), timeout=60_000)
+            by_url.append(time.perf_counter() - t0)
+            page.wait_for_function(STATUS_GONE, timeout=60_000)
+            by_url_idle.append(time.perf_counter() - t0)
         done, idle = [], []
         box = page.get_by_role("textbox", name="Search features")
         for fid in live[step // 2 :: step][:n]:
@@ -165,7 +171,8 @@ def time_browser(catalog: Path, n: int = 5) -> BrowserTimes:
             page.wait_for_function(STATUS_GONE, timeout=60_000)
             idle.append(time.perf_counter() - t0)
         browser.close()
-    return BrowserTimes(pages, statistics.median(switches), statistics.median(done), statistics.median(idle))
+    return BrowserTimes(pages, statistics.median(by_url), statistics.median(by_url_idle), statistics.median(done),
+                        statistics.median(idle))
 
 
 def main() -> None:
@@ -191,25 +198,28 @@ def main() -> None:
     for name, path in catalogs.items():
         b = time_browser(path)
         browser_rows.append((f"{name}, chromium", b))
-        print(name, "browser", {k: round(v, 2) for k, v in b.pages.items()}, "switch", round(b.by_url, 3), "in page",
+        print(name, "browser", {k: round(v, 2) for k, v in b.pages.items()}, "by URL", round(b.by_url, 3), "in page",
               round(b.in_page, 3), "status widget gone", round(b.in_page_idle, 3), flush=True)
     lines = [f"## {dt.date.today().isoformat()} — bench_app (catalog explorer)", "",
              f"Machine: {cpu_model()}, {os.cpu_count()} cores. Seconds. Rows without 'chromium': AppTest script runs "
              "(server side), first render of each page in a fresh session, feature switch = median of 10 re-runs of the "
              "feature browser. Rows with 'chromium': Debian's chromium through Playwright against `workbench app` "
              "(fresh server), navigation to the page rendered (script finished), in page order (the first includes "
-             "opening the catalog); feature switch = median of 5 loads of `/features?feature=ID` (a full page load); "
-             "in-page switch = median of 5 switches as a user makes them (the id typed in the search box, Enter, until "
-             "the feature's header is drawn and the script has finished, i.e. Streamlit's status widget starts its "
-             "200 ms exit transition; in brackets: until the widget is gone). "
+             "opening the catalog); switch by URL = median of 5 loads of `/features?feature=ID` (a full page load); "
+             "in-page switch = median of 5 switches as a user makes them (the id typed in the search box, Enter); both "
+             "until the feature's header is drawn and the script has finished, i.e. Streamlit's status widget starts "
+             "its 200 ms exit transition, and in brackets until the widget is gone. The target is judged on the "
+             "in-page switch until the widget is gone. "
              f"Load average before the run: {LOAD_BEFORE}.", "",
-             "| catalog | " + " | ".join(PAGES) + " | switch by URL | in-page switch | target ≤ 1 s |",
+             "| catalog | " + " | ".join(PAGES) + " | switch (server) / by URL (chromium) | in-page switch | "
+             "target ≤ 1 s |",
              "|---|" + "---|" * (len(PAGES) + 3)]
     for name, pages, switch in rows:
         lines.append(f"| {name} | " + " | ".join(f"{pages[p]:.2f}" for p in PAGES) + f" | {switch:.3f} | – | "
                      + ("met" if switch <= 1 else "NOT met") + " |")
     for name, b in browser_rows:
-        lines.append(f"| {name} | " + " | ".join(f"{b.pages[p]:.2f}" for p in PAGES) + f" | {b.by_url:.3f} | "
+        lines.append(f"| {name} | " + " | ".join(f"{b.pages[p]:.2f}" for p in PAGES) + f" | {b.by_url:.3f} "
+                     f"({b.by_url_idle:.3f}) | "
                      f"{b.in_page:.3f} ({b.in_page_idle:.3f}) | " + ("met" if b.in_page_idle <= 1 else "NOT met") + " |")
     text = "\n".join(lines) + "\n"
     record(text, write=not args.no_write)
