@@ -367,9 +367,9 @@ def histogram_spec(edges: np.ndarray, counts: np.ndarray, *, x_title: str, y_tit
 
 def metrics_html(items: Sequence[tuple[str, str, str]]) -> str:
     """A row of metrics as one HTML block (for ``st.html``): ``(label, value, help)`` each, the help as the tooltip,
-    drawn like ``st.metric`` (small grey label over a large value). One block instead of a column and a metric
+    drawn like ``st.metric`` (small faded label over a large value, in the theme's text colour). One block instead of a column and a metric
     element per value: the feature browser redraws this row on every switch."""
-    cells = "".join(f'<div title="{html.escape(help_)}"><div style="font-size:14px;color:rgba(49,51,63,0.6);'
+    cells = "".join(f'<div title="{html.escape(help_)}"><div style="font-size:14px;opacity:0.6;'
                     f'white-space:nowrap;overflow:hidden;text-overflow:ellipsis">{html.escape(label)}</div>'
                     f'<div style="font-size:2rem;line-height:1.3;white-space:nowrap">{html.escape(value)}</div></div>'
                     for label, value, help_ in items)

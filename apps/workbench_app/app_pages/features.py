@@ -5,7 +5,8 @@ pages selected (``st.session_state["feature"]``), else the first feature that fi
 step with the feature shown, so the address bar always bookmarks the current feature.
 
 Searching opens the first hit at once (a new query selects it); every search result is a clickable row (selecting
-it opens that feature), and the selectbox lists the results too. The page also draws a sequence logo of the
+it opens that feature), and the selectbox lists the results too. The nearest features are a table of clickable rows
+as well. The page also draws a sequence logo of the
 feature's top windows on IMGT positions, links the top sequences and the top concept out to public databases
 (Thera-SAbDab, UniProt, IMGT; plain links for the browser), offers CSV / Parquet downloads of every table and a
 button that compares the feature with another one (the Compare features page).
