@@ -110,7 +110,8 @@ def logo_svg(counts: pd.DataFrame, *, title: str = "", highlight: str | None = N
     (narrow letters not stretched wider than an ``E``), small letters at the bottom. The SVG is written directly: one
     ``<path>`` per letter with a non-zero height, sharing the outline made once per letter. Drawing the same logo
     through matplotlib and encoding a PNG took 65-145 ms per feature on the app's 2-core machine, a third of a feature
-    switch's page script; this takes about 6 ms (most of it the information transform), and the logo stays sharp at any zoom."""
+    switch's page script; this takes about 6 ms (most of it the information transform), and the logo stays sharp at
+    any zoom."""
     import html
 
     import logomaker
