@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -152,27 +152,28 @@ def time_browser(catalog: Path, n: int = 5) -> BrowserTimes:
             page.goto(url if name == "overview" else f"{url}/{name}", wait_until="domcontentloaded")
             wait_rendered(page, PAGE_TEXT[name])
             pages[name] = time.perf_counter() - t0
-        by_url, by_url_idle = [], []
-        for fid in live[step::step][:n]:
+
+        def switch(fid: str, act: Any) -> tuple[float, float]:
+            """Seconds from ``act()`` until ``fid`` is shown and the script has finished, and until the status
+            widget is gone."""
             t0 = time.perf_counter()
-            page.goto(f"{url}/features?feature={fid}", wait_until="domcontentloaded")
-            page.wait_for_function(SWITCH_DONE, arg=str(fid), timeout=60_000)
-            by_url.append(time.perf_counter() - t0)
+            act()
+            page.wait_for_function(SWITCH_DONE, arg=fid, timeout=60_000)
+            done = time.perf_counter() - t0
             page.wait_for_function(STATUS_GONE, timeout=60_000)
-            by_url_idle.append(time.perf_counter() - t0)
-        done, idle = [], []
+            return done, time.perf_counter() - t0
+
+        by_url = [switch(str(fid), lambda fid=fid: page.goto(f"{url}/features?feature={fid}",
+                                                             wait_until="domcontentloaded"))
+                  for fid in live[step::step][:n]]
         box = page.get_by_role("textbox", name="Search features")
+        in_page = []
         for fid in live[step // 2 :: step][:n]:
             box.fill(str(fid))
-            t0 = time.perf_counter()
-            box.press("Enter")
-            page.wait_for_function(SWITCH_DONE, arg=str(fid), timeout=60_000)
-            done.append(time.perf_counter() - t0)
-            page.wait_for_function(STATUS_GONE, timeout=60_000)
-            idle.append(time.perf_counter() - t0)
+            in_page.append(switch(str(fid), lambda: box.press("Enter")))
         browser.close()
-    return BrowserTimes(pages, statistics.median(by_url), statistics.median(by_url_idle), statistics.median(done),
-                        statistics.median(idle))
+    return BrowserTimes(pages, statistics.median(t for t, _ in by_url), statistics.median(t for _, t in by_url),
+                        statistics.median(t for t, _ in in_page), statistics.median(t for _, t in in_page))
 
 
 def main() -> None:
